@@ -1,0 +1,215 @@
+"""Attention: scaled dot-product and multi-head (Vaswani et al. 2017, §3.2), additive (Bahdanau
+et al. 2015, §3.1) and multiplicative (Luong et al. 2015, §3.1), sharing one masked softmax."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def attention_mask(
+    key_padding_mask: Tensor | None,
+    causal: bool,
+    query_len: int,
+    key_len: int,
+    device: torch.device,
+) -> Tensor | None:
+    """Boolean mask broadcastable to [B, H, T, S]; True where a query may attend to a key."""
+    mask = None
+    if key_padding_mask is not None:
+        mask = ~key_padding_mask[:, None, None, :]  # [B, 1, 1, S]
+    if causal:
+        # The queries are the last T of S positions (T < S when decoding with a key/value cache).
+        allowed = torch.ones(query_len, key_len, dtype=torch.bool, device=device)
+        allowed = allowed.tril(diagonal=key_len - query_len)  # [T, S]
+        mask = allowed if mask is None else mask & allowed
+    return mask
+
+
+def masked_softmax(scores: Tensor, mask: Tensor | None) -> Tensor:
+    """Softmax over the last dim in which entries where `mask` is False get exactly zero weight."""
+    if mask is None:
+        return scores.softmax(dim=-1)
+    # finfo.min rather than -inf: exp underflows to exactly 0 and a fully masked row stays finite.
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return scores.softmax(dim=-1).masked_fill(~mask, 0.0)
+
+
+def scaled_dot_product_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    key_padding_mask: Tensor | None = None,
+    causal: bool = False,
+    dropout_p: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """softmax(QKᵀ/√d_k)V written out step by step; returns the output and the attention weights.
+
+    q: [B, H, T, d], k and v: [B, H, S, d], key_padding_mask: [B, S] with True at padding.
+    The weights are returned before dropout, so they always sum to one over unmasked keys.
+    """
+    d_k = q.size(-1)
+    scores = q @ k.transpose(-2, -1)  # [B, H, T, S]
+    scores = scores / math.sqrt(d_k)  # keeps the logit variance ≈ 1 whatever d_k is
+    mask = attention_mask(key_padding_mask, causal, q.size(-2), k.size(-2), q.device)
+    weights = masked_softmax(scores, mask)
+    out = F.dropout(weights, p=dropout_p) @ v  # [B, H, T, d]
+    return out, weights
+
+
+def fast_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    key_padding_mask: Tensor | None = None,
+    causal: bool = False,
+    dropout_p: float = 0.0,
+) -> Tensor:
+    """The same computation as :func:`scaled_dot_product_attention` via PyTorch's fused kernel."""
+    query_len, key_len = q.size(-2), k.size(-2)
+    if causal and key_padding_mask is None and query_len == key_len:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+    mask = attention_mask(key_padding_mask, causal, query_len, key_len, q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+@dataclass
+class KeyValueCache:
+    """Projected keys and values of one attention layer kept between decoding steps.
+
+    A static cache holds the encoder memory, projected once; a growing cache (self-attention)
+    gets the new step's keys and values appended on every call.
+    """
+
+    key: Tensor | None = None  # [B, H, S, d_head]
+    value: Tensor | None = None  # [B, H, S, d_head]
+    static: bool = False
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention: h parallel scaled dot-product attentions on learned projections."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(f"n_heads ({n_heads}) must divide d_model ({d_model})")
+        self.n_heads = n_heads
+        self.d_head = d_model // n_heads
+        self.dropout = dropout
+        self.query_proj = nn.Linear(d_model, d_model)
+        self.key_proj = nn.Linear(d_model, d_model)
+        self.value_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def _split_heads(self, x: Tensor) -> Tensor:
+        batch, length, _ = x.shape
+        return x.view(batch, length, self.n_heads, self.d_head).transpose(1, 2)  # [B, H, T, d_head]
+
+    def project_key_value(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
+        """Project and split keys and values: [B, S, D] -> two [B, H, S, d_head]."""
+        return self._split_heads(self.key_proj(key)), self._split_heads(self.value_proj(value))
+
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor | None,
+        value: Tensor | None,
+        key_padding_mask: Tensor | None = None,
+        causal: bool = False,
+        need_weights: bool = False,
+        cache: KeyValueCache | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """query: [B, T, D], key/value: [B, S, D] (ignored with a static cache) -> [B, T, D].
+
+        Returns the per-head weights [B, H, T, S] when `need_weights`, else None (fused path).
+        A growing `cache` is extended in place with this call's keys and values.
+        """
+        q = self._split_heads(self.query_proj(query))  # [B, H, T, d_head]
+        if cache is not None and cache.static:
+            k, v = cache.key, cache.value
+        else:
+            k, v = self.project_key_value(key, value)
+            if cache is not None:
+                if cache.key is not None:
+                    k = torch.cat([cache.key, k], dim=2)  # [B, H, S_past + T, d_head]
+                    v = torch.cat([cache.value, v], dim=2)  # [B, H, S_past + T, d_head]
+                cache.key, cache.value = k, v
+        dropout_p = self.dropout if self.training else 0.0
+        if need_weights:
+            out, weights = scaled_dot_product_attention(
+                q, k, v, key_padding_mask, causal, dropout_p
+            )
+        else:
+            out, weights = fast_attention(q, k, v, key_padding_mask, causal, dropout_p), None
+        batch, _, length, _ = out.shape
+        out = out.transpose(1, 2).reshape(batch, length, self.n_heads * self.d_head)  # [B, T, D]
+        return self.out_proj(out), weights
+
+
+class _ScoredAttention(nn.Module):
+    """Single-query attention over a sequence of keys; subclasses define the score function."""
+
+    def project_keys(self, keys: Tensor) -> Tensor:
+        """The part of the score that depends on the keys only; computed once per sentence."""
+        return keys
+
+    def score(self, query: Tensor, projected_keys: Tensor) -> Tensor:
+        """query: [B, Dq], projected_keys: [B, S, *] -> scores [B, S]."""
+        raise NotImplementedError
+
+    def forward(
+        self,
+        query: Tensor,
+        keys: Tensor,
+        key_padding_mask: Tensor | None = None,
+        projected_keys: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """query: [B, Dq], keys: [B, S, Dk], mask: [B, S] True at padding -> ([B, Dk], [B, S])."""
+        if projected_keys is None:
+            projected_keys = self.project_keys(keys)
+        mask = None if key_padding_mask is None else ~key_padding_mask
+        weights = masked_softmax(self.score(query, projected_keys), mask)  # [B, S]
+        context = (weights.unsqueeze(1) @ keys).squeeze(1)  # [B, 1, S] @ [B, S, Dk] -> [B, Dk]
+        return context, weights
+
+
+class AdditiveAttention(_ScoredAttention):
+    """Bahdanau et al. (2015) additive score: vᵀ tanh(W q + U k)."""
+
+    def __init__(self, query_dim: int, key_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.query_layer = nn.Linear(query_dim, hidden, bias=False)
+        self.key_layer = nn.Linear(key_dim, hidden, bias=False)
+        self.energy_layer = nn.Linear(hidden, 1, bias=False)
+
+    def project_keys(self, keys: Tensor) -> Tensor:
+        return self.key_layer(keys)  # [B, S, hidden]
+
+    def score(self, query: Tensor, projected_keys: Tensor) -> Tensor:
+        energy = torch.tanh(self.query_layer(query).unsqueeze(1) + projected_keys)  # [B, S, hidden]
+        return self.energy_layer(energy).squeeze(-1)  # [B, S]
+
+
+class MultiplicativeAttention(_ScoredAttention):
+    """Luong et al. (2015) multiplicative score: hᵀ W k ("general") or hᵀ k ("dot")."""
+
+    def __init__(
+        self, query_dim: int, key_dim: int, score: Literal["general", "dot"] = "general"
+    ) -> None:
+        super().__init__()
+        if score == "dot" and query_dim != key_dim:
+            raise ValueError(f"dot score needs query_dim == key_dim, got {query_dim} != {key_dim}")
+        # hᵀ W k computed as (Wᵀ h)ᵀ k, so nothing depends on the keys alone.
+        self.query_layer = nn.Linear(query_dim, key_dim, bias=False) if score == "general" else None
+
+    def score(self, query: Tensor, projected_keys: Tensor) -> Tensor:
+        if self.query_layer is not None:
+            query = self.query_layer(query)  # [B, Dk]
+        return (projected_keys @ query.unsqueeze(-1)).squeeze(
+            -1
+        )  # [B, S, Dk] @ [B, Dk, 1] -> [B, S]

@@ -1,0 +1,205 @@
+"""Recurrent encoder-decoder: Sutskever et al. (2014) without attention, Bahdanau et al. (2015) or
+Luong et al. (2015, §3.1-3.3, attentional hidden state with input feeding) with it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from models.attention import AdditiveAttention, MultiplicativeAttention
+from models.config import require, require_positive, require_probability
+from models.embeddings import build_token_embeddings
+from models.seq2seq import EncoderOutput, Seq2Seq
+from models.vocab import PAD_ID
+
+
+@dataclass
+class RecurrentConfig:
+    """Hyperparameters of :class:`RecurrentSeq2Seq`.
+
+    `hidden_size` is per direction in the encoder, so the encoder outputs have
+    hidden_size * 2 features when bidirectional.
+    """
+
+    family: Literal["recurrent"] = "recurrent"
+    cell: Literal["lstm", "gru"] = "lstm"
+    embedding_dim: int = 256
+    hidden_size: int = 512
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    bidirectional: bool = True
+    dropout: float = 0.2
+    attention: Literal["none", "additive", "multiplicative"] = "additive"
+    multiplicative_score: Literal["general", "dot"] = "general"
+    input_feeding: bool = True
+    tie_embeddings: bool = False
+
+    @property
+    def memory_dim(self) -> int:
+        """Features per encoder output vector."""
+        return self.hidden_size * (2 if self.bidirectional else 1)
+
+    def validate(self, prefix: str = "") -> None:
+        sizes = ("embedding_dim", "hidden_size", "encoder_layers", "decoder_layers")
+        require_positive(self, sizes, prefix)
+        require_probability(self, ("dropout",), prefix)
+        require(
+            self.attention != "multiplicative"
+            or self.multiplicative_score != "dot"
+            or not self.bidirectional,
+            f"{prefix}multiplicative_score",
+            "'dot' needs the decoder hidden_size to equal the encoder output size, which is "
+            "2 * hidden_size with a bidirectional encoder; use 'general' or bidirectional: false",
+        )
+        require(
+            not self.tie_embeddings or self.embedding_dim == self.hidden_size,
+            f"{prefix}tie_embeddings",
+            f"the output projection maps hidden_size ({self.hidden_size}) to the vocabulary, so "
+            f"tying needs embedding_dim == hidden_size (got {self.embedding_dim})",
+        )
+
+
+@dataclass
+class RecurrentDecoderState:
+    """Everything one decoder step needs; tensors are batch-first so beams reorder on dim 0."""
+
+    hidden: Tensor  # [B, L, H]
+    cell: Tensor | None  # [B, L, H] for LSTM, None for GRU
+    attentional: Tensor  # [B, H] the previous step's output vector h̃, fed back as input
+    memory: Tensor | None  # [B, S, D_mem]; None without attention, so the decoder cannot see it
+    projected_keys: Tensor | None  # [B, S, *] the key-only part of the attention score
+    src_pad_mask: Tensor | None  # [B, S]
+
+
+class RecurrentSeq2Seq(Seq2Seq):
+    """(Bi)directional RNN encoder, a bridge to the decoder's initial state, a stepwise RNN decoder."""
+
+    def __init__(self, config: RecurrentConfig, src_vocab_size: int, tgt_vocab_size: int) -> None:
+        super().__init__()
+        self.config = config
+        rnn_class = nn.LSTM if config.cell == "lstm" else nn.GRU
+        hidden = config.hidden_size
+        self.src_embedding, self.tgt_embedding, self.output_projection = build_token_embeddings(
+            src_vocab_size, tgt_vocab_size, config.embedding_dim, config.tie_embeddings, scale=False
+        )
+        self.embedding_dropout = nn.Dropout(config.dropout)
+        self.encoder = rnn_class(
+            config.embedding_dim,
+            hidden,
+            num_layers=config.encoder_layers,
+            batch_first=True,
+            bidirectional=config.bidirectional,
+            dropout=config.dropout if config.encoder_layers > 1 else 0.0,
+        )
+        # The bridge maps the encoder summary to the initial hidden (and cell) of each decoder layer.
+        self.state_parts = 2 if config.cell == "lstm" else 1
+        self.bridge = nn.Linear(
+            config.memory_dim, self.state_parts * config.decoder_layers * hidden
+        )
+        decoder_input = config.embedding_dim + (hidden if config.input_feeding else 0)
+        self.decoder = rnn_class(
+            decoder_input,
+            hidden,
+            num_layers=config.decoder_layers,
+            batch_first=True,
+            dropout=config.dropout if config.decoder_layers > 1 else 0.0,
+        )
+        if config.attention == "additive":
+            self.attention = AdditiveAttention(hidden, config.memory_dim, hidden)
+        elif config.attention == "multiplicative":
+            self.attention = MultiplicativeAttention(
+                hidden, config.memory_dim, config.multiplicative_score
+            )
+        else:
+            self.attention = None
+        # Luong's attentional hidden state h̃ = tanh(W_c [c; h]).
+        self.combine = (
+            nn.Linear(config.memory_dim + hidden, hidden, bias=False)
+            if self.attention is not None
+            else None
+        )
+        self.output_dropout = nn.Dropout(config.dropout)
+
+    def encode(self, src: Tensor) -> EncoderOutput:
+        src_pad_mask = src == PAD_ID  # [B, S]
+        lengths = (~src_pad_mask).sum(dim=1).cpu()
+        embedded = self.embedding_dropout(self.src_embedding(src))  # [B, S, E]
+        # Packing makes the RNN stop at each sentence's end, so padding never reaches any state.
+        packed = pack_padded_sequence(embedded, lengths, batch_first=True, enforce_sorted=False)
+        packed_outputs, final = self.encoder(packed)
+        memory, _ = pad_packed_sequence(packed_outputs, batch_first=True, total_length=src.size(1))
+        final_hidden = final[0] if isinstance(final, tuple) else final  # [layers * dirs, B, H]
+        directions = 2 if self.config.bidirectional else 1
+        top = final_hidden[-directions:]  # [dirs, B, H] the top layer's last forward/backward state
+        final_state = top.transpose(0, 1).reshape(src.size(0), -1)  # [B, dirs * H]
+        return EncoderOutput(memory=memory, src_pad_mask=src_pad_mask, final_state=final_state)
+
+    def init_decoder_state(self, encoder_out: EncoderOutput) -> RecurrentDecoderState:
+        batch = encoder_out.final_state.size(0)
+        layers, hidden = self.config.decoder_layers, self.config.hidden_size
+        initial = torch.tanh(self.bridge(encoder_out.final_state))
+        initial = initial.view(batch, self.state_parts, layers, hidden)  # [B, parts, L, H]
+        attentional = initial.new_zeros(batch, hidden)  # h̃₀ = 0
+        if self.attention is None:
+            # The fixed-length bottleneck: the decoder gets the final state and nothing else.
+            memory = projected_keys = src_pad_mask = None
+        else:
+            memory, src_pad_mask = encoder_out.memory, encoder_out.src_pad_mask
+            projected_keys = self.attention.project_keys(memory)
+        cell = initial[:, 1] if self.state_parts == 2 else None
+        return RecurrentDecoderState(
+            initial[:, 0], cell, attentional, memory, projected_keys, src_pad_mask
+        )
+
+    def decode_step(
+        self, prev_tokens: Tensor, state: RecurrentDecoderState
+    ) -> tuple[Tensor, RecurrentDecoderState, Tensor | None]:
+        embedded = self.embedding_dropout(self.tgt_embedding(prev_tokens))  # [B, E]
+        if self.config.input_feeding:
+            embedded = torch.cat([embedded, state.attentional], dim=-1)  # [B, E + H]
+        hidden = state.hidden.transpose(0, 1).contiguous()  # [L, B, H] as nn.LSTM/GRU want it
+        if state.cell is not None:
+            hidden = (hidden, state.cell.transpose(0, 1).contiguous())
+        output, hidden = self.decoder(embedded.unsqueeze(1), hidden)  # output: [B, 1, H]
+        output = output.squeeze(1)  # [B, H]
+        if self.attention is None:
+            attentional, weights = output, None
+        else:
+            context, weights = self.attention(
+                output, state.memory, state.src_pad_mask, state.projected_keys
+            )
+            attentional = torch.tanh(self.combine(torch.cat([context, output], dim=-1)))  # [B, H]
+        logits = self.output_projection(self.output_dropout(attentional))  # [B, V]
+        hidden, cell = hidden if isinstance(hidden, tuple) else (hidden, None)
+        new_state = RecurrentDecoderState(
+            hidden.transpose(0, 1),  # [B, L, H]
+            None if cell is None else cell.transpose(0, 1),
+            attentional,
+            state.memory,
+            state.projected_keys,
+            state.src_pad_mask,
+        )
+        return logits, new_state, weights
+
+    def _decode(self, tgt_in: Tensor, encoder_out: EncoderOutput) -> tuple[Tensor, Tensor | None]:
+        """-> logits [B, T, V] and attention [B, T, S] (None without attention)."""
+        state = self.init_decoder_state(encoder_out)
+        step_logits, step_weights = [], []
+        # Input feeding makes every step depend on the previous output, so decode step by step.
+        for position in range(tgt_in.size(1)):
+            logits, state, weights = self.decode_step(tgt_in[:, position], state)
+            step_logits.append(logits)
+            step_weights.append(weights)
+        attention = None if self.attention is None else torch.stack(step_weights, dim=1)
+        return torch.stack(step_logits, dim=1), attention  # [B, T, V]
+
+    def decode(self, tgt_in: Tensor, encoder_out: EncoderOutput) -> Tensor:
+        return self._decode(tgt_in, encoder_out)[0]
+
+    def cross_attention(self, src: Tensor, tgt_in: Tensor) -> Tensor | None:
+        """The attention over the source, [1, T, S] (a single "head"), or None without attention."""
+        return self._decode(tgt_in, self.encode(src))[1]

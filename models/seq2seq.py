@@ -1,0 +1,75 @@
+"""The encoder-decoder interface (Sutskever et al. 2014) that search and training share."""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+
+@dataclass
+class EncoderOutput:
+    """What the decoder needs from the encoder."""
+
+    memory: Tensor  # [B, S, D] one vector per source token
+    src_pad_mask: Tensor  # [B, S] True at padding
+    final_state: Tensor | None = None  # [B, D_final] recurrent: the summary the decoder starts from
+
+
+def select_batch(value: Any, index: Tensor) -> Any:
+    """index_select along dim 0 of every tensor inside nested dataclasses, lists and tuples."""
+    if isinstance(value, Tensor):
+        return value.index_select(0, index)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changes = {
+            f.name: select_batch(getattr(value, f.name), index) for f in dataclasses.fields(value)
+        }
+        return dataclasses.replace(value, **changes)
+    if isinstance(value, (list, tuple)):
+        return type(value)(select_batch(item, index) for item in value)
+    return value
+
+
+class Seq2Seq(nn.Module, ABC):
+    """An encoder-decoder translating src [B, S] into target logits; decoder states are batch-first.
+
+    Padding uses PAD_ID in both src and tgt; the masks are derived inside the model.
+    """
+
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher forcing: src [B, S], tgt_in [B, T] (BOS-prefixed) -> logits [B, T, V]."""
+        return self.decode(tgt_in, self.encode(src))
+
+    @abstractmethod
+    def encode(self, src: Tensor) -> EncoderOutput:
+        """src [B, S] -> the encoder output."""
+
+    @abstractmethod
+    def decode(self, tgt_in: Tensor, encoder_out: EncoderOutput) -> Tensor:
+        """tgt_in [B, T] -> logits [B, T, V] for every position at once."""
+
+    @abstractmethod
+    def init_decoder_state(self, encoder_out: EncoderOutput) -> Any:
+        """The state before the first decode_step; a dataclass of batch-first tensors."""
+
+    @abstractmethod
+    def decode_step(self, prev_tokens: Tensor, state: Any) -> tuple[Tensor, Any, Tensor | None]:
+        """prev_tokens [B] -> (logits [B, V], next state, source attention [B, S] or None).
+
+        The logits equal those of :meth:`decode` at the same position; `state` is not modified.
+        """
+
+    def reorder_state(self, state: Any, index: Tensor) -> Any:
+        """Select (and repeat) batch rows of a decoder state; beam search uses this."""
+        return select_batch(state, index)
+
+    @abstractmethod
+    def cross_attention(self, src: Tensor, tgt_in: Tensor) -> Tensor | None:
+        """src [1, S], tgt_in [1, T] -> source attention [heads, T, S] for plots, or None."""
+
+    def num_parameters(self) -> int:
+        """Trainable and frozen parameters, each shared (tied) matrix counted once."""
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,173 @@
+"""DVC stage `evaluate@<arch>`: beam search on every test set, scored with sacreBLEU.
+
+Detokenized hypotheses are scored against the raw references (BLEU and chrF, signature recorded),
+also per source-length bucket; results go to ``metrics/<arch>.json`` and to the architecture's
+MLflow run (the one its training opened), with hypotheses and attention heatmaps as artifacts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import sacrebleu
+
+from pipelines import tracking
+from pipelines.atomic import atomic_path, atomic_write_json
+from pipelines.errors import PipelineError, run_main, setup_logging
+from pipelines.params import EvaluateParams, load_params
+from pipelines.translator import Translator
+
+log = logging.getLogger("nmt.evaluate")
+
+LENGTH_BUCKETS = ((1, 10), (11, 20), (21, 30), (31, None))
+# sacreBLEU's tokenizer by target language (sacrebleu#147); 13a for everything else.
+TOKENIZER_BY_LANG = {"zh": "zh", "ja": "ja-mecab", "ko": "ko-mecab"}
+
+
+def sacrebleu_tokenizer(tgt_lang: str) -> str:
+    return TOKENIZER_BY_LANG.get(tgt_lang, "13a")
+
+
+def read_pairs(path: Path) -> tuple[list[str], list[str]]:
+    if not path.exists():
+        raise PipelineError(f"{path}: prepared split not found; run the prepare stage first")
+    sources, references = [], []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            pair = json.loads(line)
+            sources.append(pair["src"])
+            references.append(pair["tgt"])
+    return sources, references
+
+
+def bucket_name(low: int, high: int | None) -> str:
+    return f"{low}-{high}" if high else f"{low}+"
+
+
+def score(
+    hypotheses: list[str], references: list[str], sources: list[str], tgt_lang: str
+) -> dict[str, Any]:
+    """Corpus BLEU and chrF with signatures, and BLEU per source-length bucket."""
+    tokenize = sacrebleu_tokenizer(tgt_lang)
+    bleu = sacrebleu.BLEU(tokenize=tokenize)
+    chrf = sacrebleu.CHRF()
+    result: dict[str, Any] = {
+        "bleu": round(bleu.corpus_score(hypotheses, [references]).score, 2),
+        "chrf": round(chrf.corpus_score(hypotheses, [references]).score, 2),
+        "signature": str(bleu.get_signature()),
+        "chrf_signature": str(chrf.get_signature()),
+        "sentences": len(hypotheses),
+        "length_buckets": {},
+    }
+    for low, high in LENGTH_BUCKETS:
+        members = [
+            i for i, s in enumerate(sources) if low <= len(s.split()) and (high is None or len(s.split()) <= high)
+        ]
+        if not members:
+            continue
+        bucket_bleu = sacrebleu.BLEU(tokenize=tokenize).corpus_score(
+            [hypotheses[i] for i in members], [[references[i] for i in members]]
+        )
+        result["length_buckets"][bucket_name(low, high)] = {
+            "bleu": round(bucket_bleu.score, 2),
+            "sentences": len(members),
+        }
+    return result
+
+
+def evaluate(
+    translator: Translator,
+    test_splits: list[str],
+    settings: EvaluateParams,
+    prepared: Path,
+    hypotheses_dir: Path,
+) -> dict[str, dict[str, Any]]:
+    """Translate and score each test split; hypotheses are written atomically, one file a split."""
+    metrics: dict[str, dict[str, Any]] = {}
+    with atomic_path(hypotheses_dir) as tmp:
+        tmp.mkdir(parents=True)
+        for split in test_splits:
+            sources, references = read_pairs(prepared / f"{split}.jsonl")
+            log.info("translating %s (%d sentences)", split, len(sources))
+            hypotheses = translator.translate(
+                sources,
+                beam_size=settings.beam_size,
+                length_penalty=settings.length_penalty,
+                max_len_margin=settings.max_len_margin,
+                batch_size=settings.batch_size,
+                progress=True,
+            )
+            (tmp / f"{split}.txt").write_text("\n".join(hypotheses) + "\n", encoding="utf-8")
+            metrics[split] = score(hypotheses, references, sources, translator.config["tgt_lang"])
+            log.info("%s: BLEU %.2f chrF %.2f", split, metrics[split]["bleu"], metrics[split]["chrf"])
+    return metrics
+
+
+def log_to_mlflow(
+    run_id: str,
+    metrics: dict[str, dict[str, Any]],
+    translator: Translator,
+    hypotheses_dir: Path,
+    validation_sources: list[str],
+) -> None:
+    """Test metrics, signatures, hypotheses and attention heatmaps on the architecture's run."""
+    from pipelines.plots import attention_heatmap
+
+    client = tracking.connect()
+    for split, values in metrics.items():
+        client.log_metric(run_id, f"test/{split}/bleu", values["bleu"])
+        client.log_metric(run_id, f"test/{split}/chrf", values["chrf"])
+        for bucket, bucket_values in values["length_buckets"].items():
+            client.log_metric(run_id, f"test/{split}/bleu_len_{bucket}", bucket_values["bleu"])
+    first = next(iter(metrics.values()))
+    client.set_tag(run_id, "sacrebleu.signature", first["signature"])
+    client.set_tag(run_id, "sacrebleu.chrf_signature", first["chrf_signature"])
+    client.log_artifacts(run_id, str(hypotheses_dir), artifact_path="hypotheses")
+    with tempfile.TemporaryDirectory() as tmp:
+        for number, sentence in enumerate(validation_sources):
+            example = translator.attention_example(sentence)
+            if example is None:
+                break
+            attention_heatmap(example, Path(tmp) / f"attention_val{number}.png", title=sentence)
+        client.log_artifacts(run_id, tmp, artifact_path="attention")
+    client.set_terminated(run_id, status="FINISHED")
+
+
+@run_main
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.evaluate",
+        description="Beam-search every test split with artifacts/<arch> and score it with "
+        "sacreBLEU (DVC stage evaluate@<arch>). Writes metrics/<arch>.json and hypotheses/<arch>/.",
+    )
+    parser.add_argument("--arch", required=True, help="an architecture trained by train@<arch>")
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
+    parser.add_argument("--device", default="cpu", help="torch device for decoding (cpu, cuda)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    params = load_params(args.params)
+    model_dir = Path("artifacts") / args.arch
+    translator = Translator.load(model_dir, device=args.device)
+    hypotheses_dir = Path("hypotheses") / args.arch
+    metrics = evaluate(
+        translator, params.data.test_splits, params.evaluate, Path("data/prepared"), hypotheses_dir
+    )
+    atomic_write_json(Path("metrics") / f"{args.arch}.json", metrics)
+    training = json.loads((model_dir / "training.json").read_text())
+    validation_sources, _ = read_pairs(Path("data/prepared") / f"{params.data.validation_split}.jsonl")
+    log_to_mlflow(
+        training["run_id"],
+        metrics,
+        translator,
+        hypotheses_dir,
+        validation_sources[: params.evaluate.attention_examples],
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,185 @@
+"""The LightningModule: label-smoothed loss, AdamW with warmup, validation loss/perplexity/BLEU.
+
+The architecture itself is a plain ``models`` module; this class owns only the training concerns
+(loss, optimiser, schedule, metrics, checkpoint extras), as in lightning-hydra-template.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import sacrebleu
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from models import PAD_ID, build_model, greedy_search
+
+
+class DivergenceError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def inverse_sqrt_schedule(warmup_steps: int) -> Callable[[int], float]:
+    """Noam-style multiplier: linear warmup to 1, then decay as sqrt(warmup / step)."""
+
+    def factor(step: int) -> float:
+        step = step + 1
+        if warmup_steps == 0:
+            return 1.0
+        return min(step / warmup_steps, math.sqrt(warmup_steps / step))
+
+    return factor
+
+
+def constant_schedule(warmup_steps: int) -> Callable[[int], float]:
+    """Linear warmup to 1, then constant."""
+    return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+
+
+SCHEDULES = {"inverse_sqrt": inverse_sqrt_schedule, "constant": constant_schedule}
+
+
+def label_smoothed_nll(logits: Tensor, target: Tensor, smoothing: float) -> tuple[Tensor, Tensor]:
+    """Summed label-smoothed cross-entropy and summed plain NLL over non-pad targets."""
+    logits = logits.float().flatten(0, 1)  # [B*T, V]
+    target = target.flatten()  # [B*T]
+    smoothed = F.cross_entropy(
+        logits, target, ignore_index=PAD_ID, label_smoothing=smoothing, reduction="sum"
+    )
+    nll = F.cross_entropy(logits, target, ignore_index=PAD_ID, reduction="sum")
+    return smoothed, nll
+
+
+class TranslationModule(pl.LightningModule):
+    """Trains any ``models`` architecture; validation BLEU is greedy-decoded on the whole split."""
+
+    def __init__(
+        self,
+        model_config: dict[str, Any],
+        optim: dict[str, Any],
+        src_vocab_size: int,
+        tgt_vocab_size: int,
+        val_max_len_margin: int = 20,
+        check_finite_every: int = 1,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = build_model(model_config, src_vocab_size, tgt_vocab_size)
+        self.optim = optim
+        # Set by the train stage: detokenizer and references for validation BLEU (not hparams).
+        self.detokenize: Callable[[list[list[int]]], list[str]] | None = None
+        self.val_references: list[str] = []
+        self.extra_checkpoint_state: dict[str, Any] = {}
+        self._val_outputs: list[tuple[int, list[int]]] = []
+        self._val_sums: Tensor | None = None
+
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        return self.model(src, tgt_in)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        logits = self.model(batch["src"], batch["tgt_in"])
+        smoothed, nll = label_smoothed_nll(logits, batch["tgt_out"], self.optim["label_smoothing"])
+        ntokens = (batch["tgt_out"] != PAD_ID).sum()
+        loss = smoothed / ntokens
+        if self.global_step % self.hparams.check_finite_every == 0 and not torch.isfinite(loss):
+            raise DivergenceError(
+                f"training loss is {loss.item()} at step {self.global_step} "
+                f"(epoch {self.current_epoch}); lower the learning rate or clip gradients "
+                "(train.gradient_clip_val)"
+            )
+        batch_size = batch["src"].size(0)
+        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=batch_size)
+        self.log("train/nll", nll / ntokens, on_step=True, batch_size=batch_size)
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        # Field note: set_epoch is not reliably called on batch samplers; do it explicitly.
+        sampler = getattr(self.trainer.train_dataloader, "batch_sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(self.current_epoch)
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_outputs = []
+        self._val_sums = torch.zeros(2, device=self.device, dtype=torch.float64)
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        logits = self.model(batch["src"], batch["tgt_in"])
+        _, nll = label_smoothed_nll(logits, batch["tgt_out"], 0.0)
+        ntokens = (batch["tgt_out"] != PAD_ID).sum()
+        self._val_sums += torch.stack([nll.double(), ntokens.double()])
+        if self.detokenize is not None:
+            hypotheses = greedy_search(
+                self.model, batch["src"], max_len_margin=self.hparams.val_max_len_margin
+            )
+            indices = batch["index"].tolist()
+            self._val_outputs.extend(zip(indices, (h.tokens for h in hypotheses), strict=True))
+
+    def on_validation_epoch_end(self) -> None:
+        sums = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum")
+        val_loss = (sums[0] / sums[1].clamp(min=1)).float()
+        self.log("val/loss", val_loss, sync_dist=False)
+        self.log("val/ppl", torch.exp(val_loss.clamp(max=50)), sync_dist=False)
+        if self.detokenize is None:
+            return
+        outputs = self._gather_validation_outputs()
+        # Every example exactly once: the sampler never duplicates, so no padding to strip.
+        hypotheses = self.detokenize([tokens for _, tokens in sorted(outputs)])
+        references = [self.val_references[i] for i, _ in sorted(outputs)]
+        bleu = sacrebleu.corpus_bleu(hypotheses, [references]).score if hypotheses else 0.0
+        self.log("val/bleu", torch.tensor(bleu, device=self.device), prog_bar=True)
+
+    def _gather_validation_outputs(self) -> list[tuple[int, list[int]]]:
+        if self.trainer.world_size == 1:
+            return self._val_outputs
+        gathered: list[list[tuple[int, list[int]]]] = [None] * self.trainer.world_size  # type: ignore[list-item]
+        torch.distributed.all_gather_object(gathered, self._val_outputs)
+        return [item for shard in gathered for item in shard]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        decay, no_decay = [], []
+        for name, param in self.model.named_parameters():
+            (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
+        groups = [
+            {"params": decay, "weight_decay": self.optim["weight_decay"]},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(
+            groups,
+            lr=self.optim["lr"],
+            betas=tuple(self.optim["betas"]),
+            fused=self.device.type == "cuda",
+        )
+        factor = SCHEDULES[self.optim["schedule"]](self.optim["warmup_steps"])
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store RNG states (as tensors, loadable with weights_only) and tracking state."""
+        checkpoint["rng"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+            "numpy_pos": int(np.random.get_state()[2]),
+            "python": random.getstate()[1],
+        }
+        checkpoint["nmt"] = dict(self.extra_checkpoint_state)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        rng = checkpoint.get("rng")
+        if rng is None:
+            return
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"]))
+        random.setstate((3, tuple(rng["python"]), None))
+        self.extra_checkpoint_state = dict(checkpoint.get("nmt", {}))

@@ -1,0 +1,270 @@
+"""`params.yaml` read into typed dataclasses: the one home of hyperparameters.
+
+Every section is validated when loaded, before any data is read or any model is built; an unknown
+key, a wrong type or an impossible value raises :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from models.config import ConfigError, from_dict, require
+from models.factory import ModelConfig, model_config_from_dict
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+@dataclass
+class DataParams:
+    """Where the corpus comes from and which splits play which role."""
+
+    dataset: str = "data/multi30k"
+    config: str | None = None
+    revision: str | None = None
+    src_lang: str = "en"
+    tgt_lang: str = "de"
+    train_split: str = "train"
+    validation_split: str = "validation"
+    test_splits: list[str] = field(default_factory=lambda: ["test_2016_flickr", "test_2017_flickr"])
+    max_train_pairs: int = 0  # 0 keeps all; the tiny test profile uses a few hundred
+
+    def validate(self, prefix: str = "") -> None:
+        require(self.src_lang != self.tgt_lang, f"{prefix}tgt_lang", "must differ from src_lang")
+        require(len(self.test_splits) > 0, f"{prefix}test_splits", "needs at least one test split")
+        roles = [self.train_split, self.validation_split]
+        for split in self.test_splits:
+            require(
+                split not in roles,
+                f"{prefix}test_splits",
+                f"{split!r} is also the train or validation split; test sets are for reporting only",
+            )
+        require(self.max_train_pairs >= 0, f"{prefix}max_train_pairs", "must be >= 0")
+
+    @property
+    def primary_test_split(self) -> str:
+        return self.test_splits[0]
+
+
+@dataclass
+class PrepareParams:
+    """Normalization and the filters applied to the training split."""
+
+    unicode_form: Literal["NFC", "NFKC", "none"] = "NFKC"
+    max_tokens: int = 100
+    max_length_ratio: float = 3.0
+    drop_duplicates: bool = True
+
+    def validate(self, prefix: str = "") -> None:
+        require(self.max_tokens > 0, f"{prefix}max_tokens", "must be > 0")
+        require(self.max_length_ratio >= 1.0, f"{prefix}max_length_ratio", "must be >= 1")
+
+
+@dataclass
+class TokenizerParams:
+    """SentencePiece settings; trained on the training split only."""
+
+    model_type: Literal["bpe", "unigram"] = "bpe"
+    vocab_size: int = 8000
+    joint: bool = True
+    character_coverage: float = 1.0
+
+    def validate(self, prefix: str = "") -> None:
+        require(self.vocab_size >= 16, f"{prefix}vocab_size", "must be >= 16")
+        require(
+            0.0 < self.character_coverage <= 1.0,
+            f"{prefix}character_coverage",
+            "must be in (0, 1]",
+        )
+
+
+@dataclass
+class OptimParams:
+    """Per-architecture optimisation: recurrent and Transformer models want different recipes."""
+
+    lr: float = 5e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    weight_decay: float = 0.0
+    schedule: Literal["inverse_sqrt", "constant"] = "inverse_sqrt"
+    warmup_steps: int = 1000
+    label_smoothing: float = 0.1
+    max_epochs: int = 10
+    max_steps: int = -1
+    early_stopping_patience: int = 3
+
+    def validate(self, prefix: str = "") -> None:
+        require(self.lr > 0, f"{prefix}lr", "must be > 0")
+        require(len(self.betas) == 2, f"{prefix}betas", "needs exactly two values")
+        require(all(0 <= b < 1 for b in self.betas), f"{prefix}betas", "must be in [0, 1)")
+        require(self.weight_decay >= 0, f"{prefix}weight_decay", "must be >= 0")
+        require(self.warmup_steps >= 0, f"{prefix}warmup_steps", "must be >= 0")
+        require(0 <= self.label_smoothing < 1, f"{prefix}label_smoothing", "must be in [0, 1)")
+        require(self.max_epochs > 0, f"{prefix}max_epochs", "must be > 0")
+        require(
+            self.max_steps == -1 or self.max_steps > 0, f"{prefix}max_steps", "must be -1 or > 0"
+        )
+        require(
+            self.early_stopping_patience >= 0, f"{prefix}early_stopping_patience", "must be >= 0"
+        )
+
+
+@dataclass
+class ArchParams:
+    """One architecture of the comparison: its model and its optimisation recipe."""
+
+    model: dict[str, Any]
+    optim: OptimParams = field(default_factory=OptimParams)
+
+    def validate(self, prefix: str = "") -> None:
+        model_config_from_dict(self.model, prefix=f"{prefix}model")
+
+    @property
+    def model_config(self) -> ModelConfig:
+        return model_config_from_dict(self.model)
+
+
+@dataclass
+class TrainParams:
+    """Hardware, batching and bookkeeping shared by every architecture."""
+
+    batch_tokens: int = 4096
+    accumulate_grad_batches: int = 1
+    keep_global_batch: bool = False
+    gradient_clip_val: float = 1.0
+    accelerator: str = "auto"
+    devices: int | str = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    num_workers: int = 0
+    compile: bool = False
+    deterministic: bool = True
+    val_max_len_margin: int = 20
+    log_every_n_steps: int = 20
+    checkpoint_average: int = 0
+
+    def validate(self, prefix: str = "") -> None:
+        require(self.batch_tokens > 0, f"{prefix}batch_tokens", "must be > 0")
+        require(self.accumulate_grad_batches > 0, f"{prefix}accumulate_grad_batches", "must be > 0")
+        require(self.gradient_clip_val >= 0, f"{prefix}gradient_clip_val", "must be >= 0")
+        require(
+            self.devices == "auto" or (isinstance(self.devices, int) and self.devices > 0),
+            f"{prefix}devices",
+            "must be a positive integer or 'auto'",
+        )
+        require(self.num_nodes > 0, f"{prefix}num_nodes", "must be > 0")
+        require(self.num_workers >= 0, f"{prefix}num_workers", "must be >= 0")
+        require(self.checkpoint_average >= 0, f"{prefix}checkpoint_average", "must be >= 0")
+
+
+@dataclass
+class EvaluateParams:
+    """Beam search and scoring of the test sets."""
+
+    beam_size: int = 5
+    length_penalty: float = 0.6
+    max_len_margin: int = 50
+    batch_size: int = 64
+    attention_examples: int = 3
+
+    def validate(self, prefix: str = "") -> None:
+        require(self.beam_size >= 1, f"{prefix}beam_size", "must be >= 1")
+        require(self.length_penalty >= 0, f"{prefix}length_penalty", "must be >= 0")
+        require(self.max_len_margin >= 1, f"{prefix}max_len_margin", "must be >= 1")
+        require(self.batch_size >= 1, f"{prefix}batch_size", "must be >= 1")
+        require(self.attention_examples >= 0, f"{prefix}attention_examples", "must be >= 0")
+
+
+@dataclass
+class TrackingParams:
+    """MLflow: experiment naming and the registered model."""
+
+    experiment: str | None = None
+    registered_model: str = "nmt-translator"
+
+
+@dataclass
+class RetrainParams:
+    """The promotion policy of scheduled retraining."""
+
+    margin_bleu: float = 0.5
+    start: Literal["cold", "warm"] = "cold"
+    promotion_split: str | None = None
+
+    def validate(self, prefix: str = "") -> None:
+        require(self.margin_bleu >= 0, f"{prefix}margin_bleu", "must be >= 0")
+
+
+@dataclass
+class Params:
+    """All of `params.yaml`."""
+
+    seed: int = 1234
+    architectures: list[str] = field(default_factory=lambda: ["transformer"])
+    data: DataParams = field(default_factory=DataParams)
+    prepare: PrepareParams = field(default_factory=PrepareParams)
+    tokenizer: TokenizerParams = field(default_factory=TokenizerParams)
+    models: dict[str, ArchParams] = field(default_factory=dict)
+    train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    tracking: TrackingParams = field(default_factory=TrackingParams)
+    retrain: RetrainParams = field(default_factory=RetrainParams)
+
+    def validate(self, prefix: str = "") -> None:
+        require(len(self.architectures) > 0, "architectures", "needs at least one architecture")
+        for arch in self.architectures:
+            require(
+                arch in self.models,
+                "architectures",
+                f"{arch!r} has no entry under 'models' (known: {', '.join(sorted(self.models))})",
+            )
+        require(
+            len(set(self.architectures)) == len(self.architectures),
+            "architectures",
+            "lists an architecture twice",
+        )
+
+    def arch(self, name: str) -> ArchParams:
+        if name not in self.models:
+            raise ConfigError(f"models.{name}: no such architecture in params")
+        return self.models[name]
+
+    @property
+    def experiment_name(self) -> str:
+        if self.tracking.experiment:
+            return self.tracking.experiment
+        dataset = Path(self.data.dataset.rstrip("/")).name or self.data.dataset
+        return f"{dataset}-{self.data.src_lang}-{self.data.tgt_lang}"
+
+    def flat(self) -> dict[str, Any]:
+        """Every param as ``section.key`` -> value, for experiment trackers."""
+        return flatten(asdict(self))
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested mappings into dotted keys."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+    """Read and validate `params.yaml`; raises ConfigError naming the first bad key."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as err:
+        raise ConfigError(f"{path}: params file not found") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return from_dict(Params, raw)
