@@ -30,11 +30,13 @@ class TokenEmbedding(nn.Module):
 
 
 def build_token_embeddings(
-    src_vocab_size: int, tgt_vocab_size: int, dim: int, tie: bool, scale: bool
+    src_vocab_size: int, tgt_vocab_size: int, dim: int, output_dim: int, tie: bool, scale: bool
 ) -> tuple[TokenEmbedding, TokenEmbedding, nn.Linear]:
-    """Source embedding, target embedding and output projection (to the target vocabulary).
+    """Source and target embeddings of size `dim`, and the projection from the decoder's
+    `output_dim` features to the target vocabulary.
 
-    With `tie`, all three share one matrix (Press & Wolf 2017), which needs a joint vocabulary.
+    With `tie`, all three share one matrix (Press & Wolf 2017): this needs a joint vocabulary
+    and output_dim == dim.
     """
     require(
         not tie or src_vocab_size == tgt_vocab_size,
@@ -42,9 +44,14 @@ def build_token_embeddings(
         f"requires a joint vocabulary (src_vocab_size {src_vocab_size} != "
         f"tgt_vocab_size {tgt_vocab_size})",
     )
+    require(
+        not tie or output_dim == dim,
+        "tie_embeddings",
+        f"needs the decoder output size ({output_dim}) to equal the embedding size ({dim})",
+    )
     src_embedding = TokenEmbedding(src_vocab_size, dim, scale)
     tgt_embedding = src_embedding if tie else TokenEmbedding(tgt_vocab_size, dim, scale)
-    output_projection = nn.Linear(dim, tgt_vocab_size)
+    output_projection = nn.Linear(output_dim, tgt_vocab_size)
     if tie:
         output_projection.weight = tgt_embedding.embedding.weight
     return src_embedding, tgt_embedding, output_projection

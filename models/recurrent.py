@@ -76,7 +76,7 @@ class RecurrentDecoderState:
 
 
 class RecurrentSeq2Seq(Seq2Seq):
-    """(Bi)directional RNN encoder, a bridge to the decoder's initial state, a stepwise RNN decoder."""
+    """(Bi)directional RNN encoder, a bridge to the initial decoder state, a stepwise decoder."""
 
     def __init__(self, config: RecurrentConfig, src_vocab_size: int, tgt_vocab_size: int) -> None:
         super().__init__()
@@ -84,7 +84,12 @@ class RecurrentSeq2Seq(Seq2Seq):
         rnn_class = nn.LSTM if config.cell == "lstm" else nn.GRU
         hidden = config.hidden_size
         self.src_embedding, self.tgt_embedding, self.output_projection = build_token_embeddings(
-            src_vocab_size, tgt_vocab_size, config.embedding_dim, config.tie_embeddings, scale=False
+            src_vocab_size,
+            tgt_vocab_size,
+            config.embedding_dim,
+            hidden,
+            config.tie_embeddings,
+            scale=False,
         )
         self.embedding_dropout = nn.Dropout(config.dropout)
         self.encoder = rnn_class(
@@ -95,7 +100,7 @@ class RecurrentSeq2Seq(Seq2Seq):
             bidirectional=config.bidirectional,
             dropout=config.dropout if config.encoder_layers > 1 else 0.0,
         )
-        # The bridge maps the encoder summary to the initial hidden (and cell) of each decoder layer.
+        # The bridge maps the encoder summary to the initial hidden (and cell) of every layer.
         self.state_parts = 2 if config.cell == "lstm" else 1
         self.bridge = nn.Linear(
             config.memory_dim, self.state_parts * config.decoder_layers * hidden

@@ -134,7 +134,10 @@ def beam_search(
                     else torch.cat([attention_history, step_attention], dim=1)
                 )
             is_eos = top_token == EOS_ID
-            for i, j in (is_eos & top_scores.isfinite()).nonzero().tolist():
+            # An EOS among the best K candidates finishes a hypothesis (Wu et al. 2016, §7).
+            finishing = is_eos & top_scores.isfinite()
+            finishing[:, beam:] = False
+            for i, j in finishing.nonzero().tolist():
                 if done[i]:
                     continue
                 row = int(top_row[i, j])

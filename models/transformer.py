@@ -154,7 +154,12 @@ class TransformerSeq2Seq(Seq2Seq):
         super().__init__()
         self.config = config
         self.src_embedding, self.tgt_embedding, self.output_projection = build_token_embeddings(
-            src_vocab_size, tgt_vocab_size, config.d_model, config.tie_embeddings, scale=True
+            src_vocab_size,
+            tgt_vocab_size,
+            config.d_model,
+            config.d_model,
+            config.tie_embeddings,
+            scale=True,
         )
         self.positional = build_positional_encoding(
             config.positional, config.d_model, config.max_len

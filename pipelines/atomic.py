@@ -44,9 +44,10 @@ def atomic_path(path: str | Path, *, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it replaces `path`, on failure it goes.
 
     With ``directory=True`` the temporary path is an existing empty directory to fill; otherwise
-    nothing exists at it yet and the caller creates a file there. An existing directory at `path`
-    is replaced as a whole (it is moved aside first, since ``os.replace`` cannot overwrite a
-    non-empty directory, and deleted once the new one is in place).
+    nothing exists at it yet and the caller creates a file (or a directory) there. An existing
+    directory at `path` is replaced as a whole: it is moved aside first, since ``os.replace``
+    cannot overwrite a non-empty directory, and deleted once the new one is in place (so for a
+    directory there is a moment with nothing at `path`, but never a partial one).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,7 +64,12 @@ def atomic_path(path: str | Path, *, directory: bool = False) -> Iterator[Path]:
         yield tmp
         if not tmp.exists():
             raise FileNotFoundError(f"{tmp}: nothing was written for {path}")
-        if tmp.is_dir() and path.is_dir() and not path.is_symlink():
+        if tmp.is_file():
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+        if path.exists() and (tmp.is_dir() or (path.is_dir() and not path.is_symlink())):
+            # os.replace cannot overwrite a non-empty directory (or a file with a directory):
+            # move the old one aside, put the new one in place, then delete the old one.
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
             old.rmdir()
             os.replace(path, old)
@@ -72,13 +78,8 @@ def atomic_path(path: str | Path, *, directory: bool = False) -> Iterator[Path]:
             except BaseException:
                 os.replace(old, path)
                 raise
-            shutil.rmtree(old, ignore_errors=True)
+            _remove(old)
         else:
-            if tmp.is_file():
-                with open(tmp, "rb") as handle:
-                    os.fsync(handle.fileno())
-                # mkstemp creates 0600 files; outputs should have the usual permissions.
-                os.chmod(tmp, 0o666 & ~_umask())
             os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:

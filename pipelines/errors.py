@@ -45,4 +45,6 @@ def run_main(fn: F) -> F:
 
 def setup_logging(level: int = logging.INFO) -> None:
     """The stages' logging: one line per record on stderr."""
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )

@@ -35,6 +35,16 @@ class DataParams:
     def validate(self, prefix: str = "") -> None:
         require(self.src_lang != self.tgt_lang, f"{prefix}tgt_lang", "must differ from src_lang")
         require(len(self.test_splits) > 0, f"{prefix}test_splits", "needs at least one test split")
+        require(
+            self.validation_split != self.train_split,
+            f"{prefix}validation_split",
+            "must differ from train_split",
+        )
+        require(
+            len(set(self.test_splits)) == len(self.test_splits),
+            f"{prefix}test_splits",
+            "lists a split twice",
+        )
         roles = [self.train_split, self.validation_split]
         for split in self.test_splits:
             require(

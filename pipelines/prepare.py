@@ -114,7 +114,8 @@ def normalize_text(text: str, unicode_form: str) -> tuple[str, bool]:
         text = unicodedata.normalize(unicode_form, text)
     stripped = strip_control(text)
     had_control = stripped != text and any(
-        unicodedata.category(c) == "Cc" or c in _INVISIBLE for c in text
+        c not in _WHITESPACE_CONTROLS and (unicodedata.category(c) == "Cc" or c in _INVISIBLE)
+        for c in text
     )
     return _SPACES.sub(" ", stripped).strip(), had_control
 
@@ -265,14 +266,19 @@ def load_local(folder: Path, data: DataParams, cache_dir: str | None = None) -> 
     import datasets
 
     paths = validate_local(folder, data)
-    loaded = datasets.load_dataset(
-        "json",
-        data_files={split: str(path) for split, path in paths.items()},
-        cache_dir=cache_dir,
-    )
+    try:
+        loaded = datasets.load_dataset(
+            "json",
+            data_files={split: str(path) for split, path in paths.items()},
+            cache_dir=cache_dir,
+        )
+    except Exception as err:  # e.g. an extra field whose type changes from line to line
+        raise PipelineError(
+            f"{folder}: the JSON Lines files passed validation but `datasets` could not load "
+            f"them: {type(err).__name__}: {err}"
+        ) from err
     return [
-        _split_rows(loaded[split], split, str(paths[split]), data, is_file=True)
-        for split in paths
+        _split_rows(loaded[split], split, str(paths[split]), data, is_file=True) for split in paths
     ]
 
 
@@ -321,7 +327,9 @@ def _hub_languages(dataset: Any) -> set[str]:
     return set(dataset.column_names)
 
 
-def _split_rows(dataset: Any, split: str, origin: str, data: DataParams, is_file: bool) -> SplitRows:
+def _split_rows(
+    dataset: Any, split: str, origin: str, data: DataParams, is_file: bool
+) -> SplitRows:
     rows = SplitRows(name=split, src=[], tgt=[], origin=origin, is_file=is_file)
     if len(dataset) == 0:
         raise PipelineError(f"split '{split}' ({origin}) is empty")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import logging
 import re
 import zipfile
@@ -44,13 +45,19 @@ DEFAULT_OUT = Path("data/tokenized")
 NUM_THREADS = 4
 INPUT_SENTENCE_SIZE = 5_000_000  # sentences sampled (seeded) beyond this; Multi30k is far below
 MAX_SENTENCE_BYTES = 8192
+# Fixed rather than params.seed: the model then depends only on the `tokenizer` params and the
+# data, which is exactly what the DVC stage declares.
+SPM_SEED = 0
+_TOO_SMALL = re.compile(r"smaller than required_chars\. (\d+) vs (\d+)")
 _TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
 
 
 # ----------------------------------------------------------------------------- training
 
 
-def train_sentencepiece(sentences: list[str], params: TokenizerParams, seed: int = 0) -> bytes:
+def train_sentencepiece(
+    sentences: list[str], params: TokenizerParams, seed: int = SPM_SEED
+) -> bytes:
     """Train one SentencePiece model on `sentences`; return the serialized model."""
     if not sentences:
         raise PipelineError("no training sentences for the tokenizer")
@@ -91,10 +98,12 @@ def _explain_training_error(message: str, params: TokenizerParams) -> str:
             f"(SentencePiece can build at most {too_high.group(2)} pieces from it): set a "
             f"smaller tokenizer.vocab_size, e.g. {int(too_high.group(2)) // 8 * 8}"
         )
-    if "required_chars" in message or "smaller than" in message:
+    too_small = _TOO_SMALL.search(message)
+    if too_small:
         return (
             f"tokenizer.vocab_size {params.vocab_size} is too small for the characters of the "
-            f"training text ({message.strip()}): set a larger tokenizer.vocab_size or lower "
+            f"training text (it needs at least {too_small.group(2)}: every kept character plus "
+            "the special tokens): set a larger tokenizer.vocab_size or lower "
             "tokenizer.character_coverage"
         )
     return f"SentencePiece training failed: {message.strip()}"
@@ -115,7 +124,7 @@ def vocab_text(model: bytes) -> str:
 
 @dataclass
 class TokenizedSplit:
-    """One split's subword ids as flat arrays; sentence ``i`` is ``tokens[offsets[i]:offsets[i+1]]``."""
+    """One split's subword ids, flat: sentence ``i`` is ``tokens[offsets[i] : offsets[i + 1]]``."""
 
     src_tokens: np.ndarray  # int32 [total source tokens]
     src_offsets: np.ndarray  # int64 [N + 1]
@@ -160,9 +169,7 @@ def flatten(sequences: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
     offsets = np.zeros(len(sequences) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    tokens = np.fromiter(
-        (t for s in sequences for t in s), dtype=np.int32, count=int(offsets[-1])
-    )
+    tokens = np.fromiter((t for s in sequences for t in s), dtype=np.int32, count=int(offsets[-1]))
     return tokens, offsets
 
 
@@ -198,22 +205,21 @@ def tokenize(
     prepared: str | Path,
     params: TokenizerParams,
     out_dir: str | Path = DEFAULT_OUT,
-    seed: int = 0,
 ) -> dict[str, Any]:
-    """Train the tokenizer(s) on the prepared training split, encode every split; return the meta."""
+    """Train the tokenizer(s) on the prepared training split, encode every split; return meta."""
     manifest = read_manifest(prepared)
     splits = [manifest["train"], manifest["validation"], *manifest["test"]]
     train_src, train_tgt = read_pairs(prepared, manifest["train"])
 
     if params.joint:
         logger.info("training a joint %s model, %d pieces", params.model_type, params.vocab_size)
-        models = {JOINT_MODEL: train_sentencepiece(train_src + train_tgt, params, seed)}
+        models = {JOINT_MODEL: train_sentencepiece(train_src + train_tgt, params)}
         files = {"src": JOINT_MODEL, "tgt": JOINT_MODEL}
     else:
         logger.info("training source and target %s models", params.model_type)
         models = {
-            SRC_MODEL: train_sentencepiece(train_src, params, seed),
-            TGT_MODEL: train_sentencepiece(train_tgt, params, seed),
+            SRC_MODEL: train_sentencepiece(train_src, params),
+            TGT_MODEL: train_sentencepiece(train_tgt, params),
         }
         files = {"src": SRC_MODEL, "tgt": TGT_MODEL}
     src_proc = spm.SentencePieceProcessor(model_proto=models[files["src"]])
@@ -235,8 +241,8 @@ def tokenize(
             (tmp / name).write_bytes(model)
             (tmp / name).with_suffix(".vocab").write_text(vocab_text(model), encoding="utf-8")
         for split in splits:
-            src_text, tgt_text = (train_src, train_tgt) if split == splits[0] else read_pairs(
-                prepared, split
+            src_text, tgt_text = (
+                (train_src, train_tgt) if split == splits[0] else read_pairs(prepared, split)
             )
             encoded = TokenizedSplit.from_ids(
                 src_proc.encode(src_text, out_type=int, num_threads=NUM_THREADS),
@@ -257,8 +263,6 @@ def tokenize(
 
 
 def _json(obj: Any) -> str:
-    import json
-
     return json.dumps(obj, indent=2, sort_keys=True) + "\n"
 
 
@@ -283,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     setup_logging()
     params = load_params(args.params)
-    tokenize(args.prepared, params.tokenizer, args.out, seed=params.seed)
+    tokenize(args.prepared, params.tokenizer, args.out)
     logger.info("wrote %s", args.out)
 
 

@@ -175,17 +175,22 @@ def log_dataset_inputs(client, run_id: str, manifest: dict[str, Any]) -> None:
     """Each split as an MLflow dataset input: source, digest and row count."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
+    source = manifest["source"]
+    local = source.get("kind") == "local"
+    roles = {manifest["train"]: "train", manifest["validation"]: "validation"}
+    roles.update({split: "test" for split in manifest["test"]})
     inputs = []
     for split, info in manifest["splits"].items():
+        uri = source["files"].get(split, source["dataset"]) if local else source["dataset"]
         dataset = Dataset(
             name=split,
             digest=info["sha256"][:16],
-            source_type="local" if Path(manifest["source"]).exists() else "hugging_face",
-            source=json.dumps({"uri": manifest["source"], "split": split}),
+            source_type="local" if local else "hugging_face",
+            source=json.dumps({"uri": uri, "split": split, "revision": source.get("revision")}),
             profile=json.dumps({"num_rows": info["rows"]}),
         )
-        role = next((r for r, s in manifest["roles"].items() if split == s or split in s), "other")
-        inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", role)]))
+        context = InputTag("mlflow.data.context", roles.get(split, "other"))
+        inputs.append(DatasetInput(dataset, tags=[context]))
     client.log_inputs(run_id, datasets=inputs)
 
 

@@ -302,11 +302,17 @@ def train(arch: str, params: Params, paths: TrainPaths, params_file: Path) -> di
         save_top_k=1,
         enable_version_counter=False,
         auto_insert_metric_name=False,
+        save_on_train_epoch_end=False,
     )
     callbacks = [monitor, checkpoint]
     if arch_params.optim.early_stopping_patience > 0:
         callbacks.append(
-            EarlyStopping(MONITOR, mode="max", patience=arch_params.optim.early_stopping_patience)
+            EarlyStopping(
+                MONITOR,
+                mode="max",
+                patience=arch_params.optim.early_stopping_patience,
+                check_on_train_epoch_end=False,
+            )
         )
     logger = MLFlowLogger(
         experiment_name=params.experiment_name,

@@ -43,7 +43,7 @@ def load_processor(path: str | Path) -> spm.SentencePieceProcessor:
 
 @dataclass
 class Tokenizers:
-    """Source and target SentencePiece processors; one shared object when the vocabulary is joint."""
+    """Source and target SentencePiece processors; one shared object when the vocab is joint."""
 
     src: spm.SentencePieceProcessor
     tgt: spm.SentencePieceProcessor
@@ -67,7 +67,9 @@ class Tokenizers:
         return cls(src=src, tgt=tgt, model_files=files, meta=meta)
 
     @classmethod
-    def from_model_files(cls, src_file: str | Path, tgt_file: str | Path | None = None) -> Tokenizers:
+    def from_model_files(
+        cls, src_file: str | Path, tgt_file: str | Path | None = None
+    ) -> Tokenizers:
         """Build from model files alone (e.g. a bundled model); `tgt_file` None means joint."""
         src = load_processor(src_file)
         tgt = src if tgt_file is None else load_processor(tgt_file)

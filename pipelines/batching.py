@@ -1,0 +1,273 @@
+"""Token-budget batching of a tokenized split: a map-style dataset, the padding collate, and a
+rank-aware length-bucketed batch sampler (the token-based batching of Vaswani et al., 2017, §5.1).
+
+A custom batch sampler is not sharded by Lightning (Lightning#5145), so the sampler shards itself:
+it plans the batches of the whole epoch once, then hands each rank the same number of them
+(uneven counts hang DDP, Lightning#9851), without duplicating any example. Pass
+``use_distributed_sampler=False`` to the Trainer and call :meth:`set_epoch` every epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from models.vocab import BOS_ID, EOS_ID, PAD_ID
+from pipelines.errors import PipelineError
+from pipelines.tokenizer import TokenizedSplit
+
+
+class Example(NamedTuple):
+    """One sentence pair: its index in the split and its subword ids (no BOS/EOS)."""
+
+    index: int
+    src: np.ndarray
+    tgt: np.ndarray
+
+
+class TranslationDataset(Dataset):
+    """Map-style dataset over a :class:`TokenizedSplit`; item ``i`` is sentence pair ``i``."""
+
+    def __init__(self, split: TokenizedSplit) -> None:
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> Example:
+        index = int(index)
+        return Example(index, self.split.src(index), self.split.tgt(index))
+
+
+def _pad(rows: Sequence[np.ndarray], prefix: int | None, suffix: int | None) -> torch.Tensor:
+    extra = (prefix is not None) + (suffix is not None)
+    width = max(len(r) for r in rows) + extra
+    out = np.full((len(rows), width), PAD_ID, dtype=np.int64)
+    for i, row in enumerate(rows):
+        start = 0
+        if prefix is not None:
+            out[i, 0] = prefix
+            start = 1
+        out[i, start : start + len(row)] = row
+        if suffix is not None:
+            out[i, start + len(row)] = suffix
+    return torch.from_numpy(out)
+
+
+def collate(batch: Sequence[Example]) -> dict[str, torch.Tensor]:
+    """Pad a list of examples into LongTensors (batch first, PAD_ID padding).
+
+    ``src`` [B, S] is tokens + EOS, ``tgt_in`` [B, T] is BOS + tokens, ``tgt_out`` [B, T] is
+    tokens + EOS; ``src_lengths``/``tgt_lengths`` [B] count EOS; ``ntokens`` is the number of
+    non-pad target tokens (a 0-dim tensor) and ``index`` [B] the examples' ids in the split.
+    """
+    if not batch:
+        raise ValueError("collate: empty batch")
+    src = _pad([ex.src for ex in batch], None, EOS_ID)  # [B, S]
+    tgt_in = _pad([ex.tgt for ex in batch], BOS_ID, None)  # [B, T]
+    tgt_out = _pad([ex.tgt for ex in batch], None, EOS_ID)  # [B, T]
+    src_lengths = torch.tensor([len(ex.src) + 1 for ex in batch], dtype=torch.long)
+    tgt_lengths = torch.tensor([len(ex.tgt) + 1 for ex in batch], dtype=torch.long)
+    return {
+        "src": src,
+        "tgt_in": tgt_in,
+        "tgt_out": tgt_out,
+        "src_lengths": src_lengths,
+        "tgt_lengths": tgt_lengths,
+        "ntokens": tgt_lengths.sum(),
+        "index": torch.tensor([ex.index for ex in batch], dtype=torch.long),
+    }
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One epoch's global batches, grouped so that group ``k`` holds step ``k`` of every rank."""
+
+    groups: list[list[np.ndarray]]  # [steps][num_replicas] -> example ids
+
+
+def _distributed_defaults(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
+    available = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if num_replicas is None:
+        num_replicas = torch.distributed.get_world_size() if available else 1
+    if rank is None:
+        rank = torch.distributed.get_rank() if available else 0
+    return num_replicas, rank
+
+
+class TokenBucketBatchSampler(Sampler[list[int]]):
+    """Length-bucketed batches of at most `max_tokens` (padded) tokens, sharded across ranks.
+
+    Per epoch: examples are sorted by length (source/target incl. EOS; a seeded shuffle breaks
+    ties), packed greedily while ``batch size x longest side <= max_tokens`` (an example over the
+    budget alone is a batch of its own), the largest batches are halved until the count divides
+    by `num_replicas`, consecutive batches are grouped by `num_replicas` (so the ranks of one step
+    get batches of similar length), and the order of the groups is shuffled with ``(seed,
+    epoch)``. Rank ``r`` takes batch ``r`` of every group. Every example appears exactly once per
+    epoch across ranks and every rank gets ``len(self)`` batches. Deterministic given (seed,
+    epoch); call :meth:`set_epoch` before each epoch.
+    """
+
+    def __init__(
+        self,
+        src_lengths: Sequence[int] | np.ndarray,
+        tgt_lengths: Sequence[int] | np.ndarray,
+        max_tokens: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int | None = 1,
+        rank: int | None = 0,
+    ) -> None:
+        num_replicas, rank = _distributed_defaults(num_replicas, rank)
+        # +1: the collate appends EOS to the source and BOS/EOS to the target.
+        self.src_lengths = np.asarray(src_lengths, dtype=np.int64) + 1
+        self.tgt_lengths = np.asarray(tgt_lengths, dtype=np.int64) + 1
+        if self.src_lengths.shape != self.tgt_lengths.shape or self.src_lengths.ndim != 1:
+            raise ValueError("src_lengths and tgt_lengths must be 1-d and of the same length")
+        if max_tokens <= 0:
+            raise ValueError(f"max_tokens must be > 0, got {max_tokens}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} out of range for {num_replicas} replicas")
+        if len(self.src_lengths) < num_replicas:
+            raise PipelineError(
+                f"{len(self.src_lengths)} examples cannot be shared by {num_replicas} ranks "
+                "without duplicating some: use fewer devices or more data"
+            )
+        self.max_tokens = int(max_tokens)
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.num_replicas = int(num_replicas)
+        self.rank = int(rank)
+        self.epoch = 0
+        self.start_step = 0  # batches of the current epoch to skip (mid-epoch resume)
+        self._cache: tuple[int, _Plan] | None = None
+        self._num_steps = len(self._plan().groups)
+
+    # -- planning
+
+    def _sorted_order(self, rng: np.random.Generator | None) -> np.ndarray:
+        longest = np.maximum(self.src_lengths, self.tgt_lengths)
+        n = len(longest)
+        tiebreak = rng.permutation(n) if rng is not None else np.arange(n)
+        # np.lexsort sorts by the last key first: longest side, then source, then target length.
+        return np.lexsort((tiebreak, self.tgt_lengths, self.src_lengths, longest))
+
+    def _pack(self, order: np.ndarray) -> list[np.ndarray]:
+        longest = np.maximum(self.src_lengths, self.tgt_lengths)[order]
+        batches: list[np.ndarray] = []
+        start, widest = 0, 0
+        for position, length in enumerate(longest.tolist()):
+            wider = max(widest, length)
+            if position > start and (position - start + 1) * wider > self.max_tokens:
+                batches.append(order[start:position])
+                start, wider = position, length
+            widest = wider
+        batches.append(order[start:])
+        return batches
+
+    def _even_out(self, batches: list[np.ndarray]) -> list[np.ndarray]:
+        """Halve the largest batches until the count divides by the number of ranks."""
+        while len(batches) % self.num_replicas:
+            sizes = [len(b) for b in batches]
+            largest = int(np.argmax(sizes))
+            if sizes[largest] < 2:
+                raise PipelineError(
+                    f"cannot give {self.num_replicas} ranks equal numbers of batches: "
+                    f"{len(batches)} batches of one example each; raise train.batch_tokens"
+                )
+            batch = batches[largest]
+            half = (len(batch) + 1) // 2
+            batches[largest : largest + 1] = [batch[:half], batch[half:]]
+        return batches
+
+    def _plan(self) -> _Plan:
+        if self._cache is not None and self._cache[0] == self.epoch:
+            return self._cache[1]
+        rng = np.random.default_rng([self.seed, self.epoch]) if self.shuffle else None
+        batches = self._even_out(self._pack(self._sorted_order(rng)))
+        width = self.num_replicas
+        groups = [batches[i : i + width] for i in range(0, len(batches), width)]
+        if rng is not None:
+            groups = [groups[i] for i in rng.permutation(len(groups))]
+        plan = _Plan(groups=groups)
+        self._cache = (self.epoch, plan)
+        return plan
+
+    # -- Sampler API
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose plan the next iteration follows (and resets any resume skip)."""
+        if epoch != self.epoch:
+            self.start_step = 0
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        plan = self._plan()
+        for group in plan.groups[self.start_step :]:
+            yield group[self.rank].tolist()
+        self.start_step = 0
+
+    def __len__(self) -> int:
+        return self._num_steps - self.start_step
+
+    # -- resume
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "seed": self.seed, "start_step": self.start_step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume: the next iteration replays epoch ``state['epoch']`` from ``start_step``."""
+        self.seed = int(state["seed"])
+        self.epoch = int(state["epoch"])
+        self.start_step = int(state.get("start_step", 0))
+        self._cache = None
+
+    # -- statistics
+
+    def batches(self, rank: int | None = None) -> list[list[int]]:
+        """This epoch's batches of `rank` (default: this sampler's rank), or of all ranks if -1."""
+        plan = self._plan()
+        if rank == -1:
+            return [b.tolist() for group in plan.groups for b in group]
+        rank = self.rank if rank is None else rank
+        return [group[rank].tolist() for group in plan.groups]
+
+    def stats(self) -> dict[str, float]:
+        """Padding and size statistics of this epoch's global plan (all ranks)."""
+        return batch_stats(self.batches(rank=-1), self.src_lengths - 1, self.tgt_lengths - 1)
+
+    def padding_fraction(self) -> float:
+        """Share of padded positions in the source and target tensors of this epoch's plan."""
+        return self.stats()["padding_fraction"]
+
+
+def batch_stats(
+    batches: Sequence[Sequence[int]],
+    src_lengths: Sequence[int] | np.ndarray,
+    tgt_lengths: Sequence[int] | np.ndarray,
+) -> dict[str, float]:
+    """Padding statistics of any batching (lengths without EOS, as the collate pads them)."""
+    src = np.asarray(src_lengths, dtype=np.int64) + 1
+    tgt = np.asarray(tgt_lengths, dtype=np.int64) + 1
+    real = padded_src = padded_tgt = 0
+    largest = 0
+    for batch in batches:
+        ids = np.asarray(batch, dtype=np.int64)
+        padded_src += len(ids) * int(src[ids].max())
+        padded_tgt += len(ids) * int(tgt[ids].max())
+        real += int(src[ids].sum() + tgt[ids].sum())
+        largest = max(largest, len(ids) * int(max(src[ids].max(), tgt[ids].max())))
+    padded = padded_src + padded_tgt
+    examples = sum(len(b) for b in batches)
+    return {
+        "batches": float(len(batches)),
+        "examples": float(examples),
+        "mean_batch_size": examples / max(len(batches), 1),
+        "max_batch_tokens": float(largest),
+        "padding_fraction": 1.0 - real / padded if padded else 0.0,
+    }

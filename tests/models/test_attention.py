@@ -1,0 +1,217 @@
+import math
+
+import pytest
+import torch
+
+from models.attention import (
+    AdditiveAttention,
+    KeyValueCache,
+    MultiHeadAttention,
+    MultiplicativeAttention,
+    fast_attention,
+    masked_softmax,
+    scaled_dot_product_attention,
+)
+
+
+def test_explicit_attention_matches_hand_computation():
+    q = torch.tensor([[[[1.0, 0.0], [0.0, 2.0]]]])  # [1, 1, T=2, d=2]
+    k = torch.tensor([[[[1.0, 1.0], [2.0, 0.0], [0.0, -1.0]]]])  # [1, 1, S=3, d=2]
+    v = torch.tensor([[[[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]]])
+    out, weights = scaled_dot_product_attention(q, k, v)
+    expected_weights, expected_out = [], []
+    for query in q[0, 0].tolist():
+        logits = [sum(a * b for a, b in zip(query, key)) / math.sqrt(2) for key in k[0, 0].tolist()]
+        exps = [math.exp(x) for x in logits]
+        row = [e / sum(exps) for e in exps]
+        expected_weights.append(row)
+        expected_out.append([sum(w * val[j] for w, val in zip(row, v[0, 0].tolist())) for j in range(2)])
+    torch.testing.assert_close(weights[0, 0], torch.tensor(expected_weights))
+    torch.testing.assert_close(out[0, 0], torch.tensor(expected_out))
+
+
+def test_padded_key_gets_exactly_zero_weight_in_hand_example():
+    q = torch.tensor([[[[1.0, 0.0]]]])
+    k = torch.tensor([[[[1.0, 0.0], [0.0, 1.0], [9.0, 9.0]]]])
+    v = torch.tensor([[[[1.0, 0.0], [0.0, 1.0], [100.0, 100.0]]]])
+    out, weights = scaled_dot_product_attention(q, k, v, torch.tensor([[False, False, True]]))
+    a, b = math.exp(1 / math.sqrt(2)), math.exp(0.0)
+    torch.testing.assert_close(weights[0, 0, 0], torch.tensor([a / (a + b), b / (a + b), 0.0]))
+    torch.testing.assert_close(out[0, 0, 0], torch.tensor([a / (a + b), b / (a + b)]))
+    assert weights[0, 0, 0, 2].item() == 0.0
+
+
+def _random_qkv(batch=3, heads=2, query_len=5, key_len=5, dim=8, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, heads, query_len, dim, generator=generator)
+    k = torch.randn(batch, heads, key_len, dim, generator=generator)
+    v = torch.randn(batch, heads, key_len, dim, generator=generator)
+    return q, k, v
+
+
+PAD_MASK = torch.tensor(
+    [[False] * 5, [False, False, False, True, True], [False, True, True, True, True]]
+)
+
+
+@pytest.mark.parametrize("use_padding", [False, True])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("query_len", [5, 2])
+def test_fast_path_equals_explicit_path(use_padding, causal, query_len):
+    q, k, v = _random_qkv(query_len=query_len)
+    mask = PAD_MASK if use_padding else None
+    explicit, _ = scaled_dot_product_attention(q, k, v, mask, causal)
+    torch.testing.assert_close(fast_attention(q, k, v, mask, causal), explicit)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_weights_sum_to_one_and_mask_padding_and_future(causal):
+    q, k, v = _random_qkv()
+    _, weights = scaled_dot_product_attention(q, k, v, PAD_MASK, causal)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3, 2, 5))
+    assert (weights.masked_select(PAD_MASK[:, None, None, :].expand_as(weights)) == 0).all()
+    if causal:
+        future = torch.ones(5, 5, dtype=torch.bool).triu(diagonal=1)
+        assert (weights[..., future] == 0).all()
+
+
+def test_causal_with_fewer_queries_aligns_them_to_the_last_keys():
+    q, k, v = _random_qkv(query_len=2)
+    _, weights = scaled_dot_product_attention(q, k, v, causal=True)
+    assert (weights[..., 0, 4] == 0).all()  # query 0 is position 3 of 5
+    assert (weights[..., 0, :4] > 0).all()
+    assert (weights[..., 1, :] > 0).all()
+
+
+def test_masked_softmax_fully_masked_row_is_zero_not_nan():
+    weights = masked_softmax(torch.randn(2, 3), torch.tensor([[True, False, True], [False] * 3]))
+    assert weights[0, 1] == 0
+    torch.testing.assert_close(weights[0].sum(), torch.tensor(1.0))
+    assert (weights[1] == 0).all()
+
+
+def test_scaling_keeps_logit_variance_near_one():
+    d_k = 512
+    q, k, v = _random_qkv(batch=1, heads=4, query_len=64, key_len=64, dim=d_k)
+    unscaled = q @ k.transpose(-2, -1)
+    assert unscaled.var().item() == pytest.approx(d_k, rel=0.15)
+    _, weights = scaled_dot_product_attention(q, k, v)
+    # log-softmax only shifts each row, so its variance along the row is the logits' variance.
+    assert weights.log().var(dim=-1).mean().item() == pytest.approx(1.0, rel=0.15)
+
+
+def _multi_head(seed=0, d_model=16, n_heads=4):
+    torch.manual_seed(seed)
+    return MultiHeadAttention(d_model, n_heads).eval()
+
+
+def test_heads_attend_differently():
+    attention = _multi_head()
+    x = torch.randn(2, 6, 16)
+    _, weights = attention(x, x, x, need_weights=True)
+    assert weights.shape == (2, 4, 6, 6)
+    for first in range(4):
+        for second in range(first + 1, 4):
+            assert (weights[:, first] - weights[:, second]).abs().max() > 1e-2
+
+
+def test_multi_head_equals_independent_heads_concatenated():
+    attention = _multi_head()
+    query, memory = torch.randn(2, 3, 16), torch.randn(2, 5, 16)
+    pad = torch.tensor([[False] * 5, [False, False, True, True, True]])
+    out, _ = attention(query, memory, memory, key_padding_mask=pad)
+    d_head = 4
+    heads = []
+    for head in range(4):
+        rows = slice(head * d_head, (head + 1) * d_head)
+
+        def project(layer, x, rows=rows):
+            return x @ layer.weight[rows].T + layer.bias[rows]
+
+        q = project(attention.query_proj, query)[:, None]  # [B, 1, T, d_head]
+        k = project(attention.key_proj, memory)[:, None]
+        v = project(attention.value_proj, memory)[:, None]
+        heads.append(scaled_dot_product_attention(q, k, v, pad)[0][:, 0])  # [B, T, d_head]
+    expected = attention.out_proj(torch.cat(heads, dim=-1))
+    torch.testing.assert_close(out, expected)
+
+
+def test_need_weights_path_equals_fused_path():
+    attention = _multi_head()
+    x = torch.randn(2, 6, 16)
+    pad = torch.tensor([[False] * 6, [False] * 4 + [True] * 2])
+    fused, no_weights = attention(x, x, x, key_padding_mask=pad, causal=True)
+    explicit, weights = attention(x, x, x, key_padding_mask=pad, causal=True, need_weights=True)
+    assert no_weights is None
+    torch.testing.assert_close(fused, explicit)
+
+
+def test_growing_cache_reproduces_full_causal_self_attention():
+    attention = _multi_head()
+    x = torch.randn(2, 6, 16)
+    full, _ = attention(x, x, x, causal=True)
+    cache = KeyValueCache()
+    steps = [attention(x[:, t : t + 1], x[:, t : t + 1], x[:, t : t + 1], causal=True, cache=cache)[0] for t in range(6)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-6, rtol=1e-5)
+    assert cache.key.shape == (2, 4, 6, 4)
+
+
+def test_static_cache_is_used_instead_of_key_and_value():
+    attention = _multi_head()
+    query, memory = torch.randn(2, 3, 16), torch.randn(2, 5, 16)
+    full, _ = attention(query, memory, memory)
+    cache = KeyValueCache(*attention.project_key_value(memory, memory), static=True)
+    cached, _ = attention(query, None, None, cache=cache)
+    torch.testing.assert_close(cached, full)
+
+
+def _check_single_query_attention(attention, expected_scores):
+    torch.manual_seed(1)
+    query, keys = torch.randn(2, 6), torch.randn(2, 4, 8)
+    pad = torch.tensor([[False] * 4, [False, False, True, True]])
+    context, weights = attention(query, keys, pad)
+    expected = expected_scores(query, keys).masked_fill(pad, float("-inf")).softmax(-1)
+    torch.testing.assert_close(weights, expected)
+    assert (weights[1, 2:] == 0).all()
+    torch.testing.assert_close(context, torch.einsum("bs,bsd->bd", expected, keys))
+
+
+def test_additive_attention_is_v_tanh_wq_plus_uk():
+    torch.manual_seed(0)
+    attention = AdditiveAttention(query_dim=6, key_dim=8, hidden=5)
+
+    def scores(query, keys):
+        w, u, v = attention.query_layer.weight, attention.key_layer.weight, attention.energy_layer.weight
+        return torch.tanh((query @ w.T)[:, None] + keys @ u.T) @ v[0]
+
+    _check_single_query_attention(attention, scores)
+
+
+def test_multiplicative_general_attention_is_q_w_k():
+    torch.manual_seed(0)
+    attention = MultiplicativeAttention(query_dim=6, key_dim=8, score="general")
+    weight = attention.query_layer.weight  # [Dk, Dq]
+    _check_single_query_attention(attention, lambda q, k: torch.einsum("bq,kq,bsk->bs", q, weight, k))
+
+
+def test_multiplicative_dot_attention_is_q_dot_k():
+    attention = MultiplicativeAttention(query_dim=8, key_dim=8, score="dot")
+    assert sum(p.numel() for p in attention.parameters()) == 0
+    torch.manual_seed(1)
+    query, keys = torch.randn(2, 8), torch.randn(2, 4, 8)
+    _, weights = attention(query, keys)
+    torch.testing.assert_close(weights, torch.einsum("bd,bsd->bs", query, keys).softmax(-1))
+
+
+def test_dot_score_rejects_mismatched_dimensions():
+    with pytest.raises(ValueError, match="query_dim == key_dim"):
+        MultiplicativeAttention(query_dim=6, key_dim=8, score="dot")
+
+
+def test_additive_precomputed_keys_give_the_same_result():
+    torch.manual_seed(0)
+    attention = AdditiveAttention(6, 8, 5)
+    query, keys = torch.randn(2, 6), torch.randn(2, 4, 8)
+    direct = attention(query, keys)
+    precomputed = attention(query, keys, projected_keys=attention.project_keys(keys))
+    torch.testing.assert_close(direct, precomputed)

@@ -1,0 +1,114 @@
+"""Helpers for end-to-end tests: a throw-away copy of the project running the real `dvc repro`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+# The tiny profile: a few hundred pairs, tiny models, one short epoch. Applied on top of the
+# real params.yaml so that the test exercises the same keys users edit.
+TINY_OVERRIDES: dict[str, Any] = {
+    "data": {"max_train_pairs": 300},
+    "tokenizer": {"vocab_size": 250},
+    "train": {"batch_tokens": 1024, "log_every_n_steps": 2},
+    "evaluate": {"beam_size": 2, "max_len_margin": 8, "batch_size": 100, "attention_examples": 1},
+    "models": {
+        "transformer": {
+            "model": {"d_model": 32, "n_heads": 2, "d_ff": 64, "encoder_layers": 1, "decoder_layers": 1},
+            "optim": {"max_epochs": 1, "warmup_steps": 10},
+        },
+        **{
+            arch: {
+                "model": {"embedding_dim": 32, "hidden_size": 32},
+                "optim": {"max_epochs": 1},
+            }
+            for arch in ("lstm_additive", "lstm_none", "lstm_multiplicative", "gru")
+        },
+    },
+}
+
+
+def deep_update(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(tree.get(key), dict):
+            deep_update(tree[key], value)
+        else:
+            tree[key] = value
+    return tree
+
+
+def tiny_params(**extra: Any) -> dict[str, Any]:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    deep_update(params, TINY_OVERRIDES)
+    return deep_update(params, extra)
+
+
+def write_params(repo: Path, params: dict[str, Any]) -> None:
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def project_files() -> list[str]:
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    return [name for name in listed.split("\0") if name and (REPO / name).is_file()]
+
+
+def make_project_copy(workdir: Path, params: dict[str, Any]) -> Path:
+    """Copy the project (tracked and untracked-not-ignored files) into a fresh git repository.
+
+    ``shared`` beside it links to the real ../shared, so the DVC remote URL works unchanged.
+    """
+    repo = workdir / "project"
+    for name in project_files():
+        target = repo / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, target)
+    (workdir / "shared").symlink_to(SHARED)
+    write_params(repo, params)
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "test copy")
+    return repo
+
+
+def git(repo: Path, *args: str) -> str:
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+               GIT_COMMITTER_EMAIL="t@t")  # fmt: skip
+    return subprocess.run(
+        ["git", *args], cwd=repo, env=env, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def project_env(repo: Path) -> dict[str, str]:
+    """The environment of a pipeline run in `repo`: its own store, no inherited MLflow run."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PYTHONPATH"] = str(repo)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run(repo: Path, *command: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run a command in `repo` (dvc, python -m ...), returning its captured output."""
+    if command[0] == "dvc":
+        command = (sys.executable, "-m", "dvc", *command[1:])
+    done = subprocess.run(
+        command, cwd=repo, env=project_env(repo), capture_output=True, text=True, timeout=timeout
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+        )
+    return done

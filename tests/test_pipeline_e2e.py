@@ -1,0 +1,103 @@
+"""The real `dvc repro` on the tiny profile, in a throw-away copy of the project."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+
+import pytest
+import yaml
+
+from tests.pipeline_helpers import REPO, SHARED, run, write_params
+
+pytestmark = pytest.mark.slow
+
+if not (SHARED / "dvc-remote").exists():
+    pytest.skip("../shared/dvc-remote is not beside the checkout", allow_module_level=True)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_every_stage_output_exists_and_is_well_formed(tiny_pipeline):
+    repo, params = tiny_pipeline.repo, tiny_pipeline.params
+    stats = json.loads((repo / "metrics" / "prepare.json").read_text())
+    assert stats["splits"]["train"]["rows_out"] == 300
+    assert (repo / "data" / "tokenized" / "spm.model").stat().st_size > 0
+    for arch in params["architectures"]:
+        metrics = json.loads((repo / "metrics" / f"{arch}.json").read_text())
+        assert set(metrics) == set(params["data"]["test_splits"])
+        for split, values in metrics.items():
+            assert 0.0 <= values["bleu"] <= 100.0
+            assert 0.0 <= values["chrf"] <= 100.0
+            assert values["signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+            lines = (repo / "hypotheses" / arch / f"{split}.txt").read_text().splitlines()
+            assert len(lines) == 1000
+        summary = json.loads((repo / "artifacts" / arch / "training.json").read_text())
+        assert summary["num_parameters"] > 0 and summary["run_id"]
+        assert (repo / "artifacts" / arch / "model.safetensors").stat().st_size > 0
+        history = (repo / "logs" / arch / "history.csv").read_text().splitlines()
+        assert history[0].startswith("epoch,") and len(history) == 2
+    with open(repo / "reports" / "comparison.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["architecture"] for row in rows] == params["architectures"]
+    assert "| transformer |" in (repo / "reports" / "comparison.md").read_text()
+    for png in ("validation_curves.png", "bleu_per_test_set.png"):
+        assert (repo / "reports" / png).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_dvc_metrics_show_lists_bleu_per_architecture(tiny_pipeline):
+    shown = run(tiny_pipeline.repo, "dvc", "metrics", "show", "--json").stdout
+    metrics = json.loads(shown)
+    files = next(iter(metrics.values()))["data"]
+    for arch in tiny_pipeline.params["architectures"]:
+        data = files[f"metrics/{arch}.json"]["data"]
+        assert isinstance(data["test_2016_flickr"]["bleu"], float)
+
+
+def test_mlflow_holds_a_finished_run_per_architecture(tiny_pipeline):
+    from mlflow.tracking import MlflowClient
+
+    store = tiny_pipeline.repo / "mlruns" / "mlflow.db"
+    assert store.exists(), "the pipeline must write the SQLite store under mlruns/"
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    experiment = client.get_experiment_by_name("multi30k-en-de")
+    runs = client.search_runs([experiment.experiment_id])
+    by_name = {run.info.run_name: run for run in runs}
+    for arch in tiny_pipeline.params["architectures"]:
+        run_ = by_name[arch]
+        assert run_.info.status == "FINISHED"
+        assert "test/test_2016_flickr/bleu" in run_.data.metrics
+        assert "val/bleu" in run_.data.metrics
+        assert run_.data.tags["mlflow.parentRunId"]
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+
+
+def test_second_repro_does_nothing(tiny_pipeline):
+    started = time.monotonic()
+    done = run(tiny_pipeline.repo, "dvc", "repro")
+    elapsed = time.monotonic() - started
+    assert "Running stage" not in done.stdout
+    assert "up to date" in done.stdout
+    assert elapsed < 60, f"an up-to-date repro took {elapsed:.0f} s"
+
+
+def test_changing_beam_size_reruns_only_evaluate_and_compare(tiny_pipeline):
+    repo = tiny_pipeline.repo
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["evaluate"]["beam_size"] = 1
+    write_params(repo, params)
+    try:
+        out = run(repo, "dvc", "repro").stdout
+        ran = {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+        archs = tiny_pipeline.params["architectures"]
+        assert ran == {f"evaluate@{a}" for a in archs} | {"compare"}, out
+    finally:
+        write_params(repo, tiny_pipeline.params)
+        run(repo, "dvc", "repro")
+
+
+def test_readme_names_the_commands_it_promises():
+    readme = (REPO / "README.md").read_text()
+    for command in ("dvc repro", "python -m pytest", "dvc metrics show", "nmt ui"):
+        assert command in readme
