@@ -22,7 +22,9 @@ class RecurrentConfig:
     """Hyperparameters of :class:`RecurrentSeq2Seq`.
 
     `hidden_size` is per direction in the encoder, so the encoder outputs have
-    hidden_size * 2 features when bidirectional.
+    hidden_size * 2 features when bidirectional. `attention` picks the score function; with
+    either score the decoder attends after its RNN step and outputs Luong's h̃ = tanh(W_c[c; h])
+    (as joeynmt does), so the two differ only in how they score.
     """
 
     family: Literal["recurrent"] = "recurrent"

@@ -115,6 +115,7 @@ def beam_search(
         attention_history: Tensor | None = None  # [B*K, t, S]
         finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
         done = [False] * batch
+        last_steps = (max_lengths - 1).tolist()  # the step at which EOS is forced
         for step in range(int(max_lengths.max())):
             logits, state, attention = model.decode_step(prev_tokens, state)
             at_limit = (max_lengths - 1 == step).repeat_interleave(beam)  # [B*K]
@@ -137,19 +138,22 @@ def beam_search(
             # An EOS among the best K candidates finishes a hypothesis (Wu et al. 2016, §7).
             finishing = is_eos & top_scores.isfinite()
             finishing[:, beam:] = False
-            for i, j in finishing.nonzero().tolist():
-                if done[i]:
-                    continue
-                row = int(top_row[i, j])
-                finished[i].append(
-                    Hypothesis(
-                        history[row].tolist(),
-                        float(top_scores[i, j]) / gnmt_length_penalty(step + 1, length_penalty),
-                        None if attention_history is None else attention_history[row].clone(),
+            # One transfer per step, not one per hypothesis (each would sync a GPU).
+            pairs = [(i, j) for i, j in finishing.nonzero().tolist() if not done[i]]
+            if pairs:
+                score_list, row_list = top_scores.tolist(), top_row.tolist()
+                finished_rows = [row_list[i][j] for i, j in pairs]
+                prefixes = history[finished_rows].tolist()
+                for (i, j), row, prefix in zip(pairs, finished_rows, prefixes, strict=True):
+                    finished[i].append(
+                        Hypothesis(
+                            prefix,
+                            score_list[i][j] / gnmt_length_penalty(step + 1, length_penalty),
+                            None if attention_history is None else attention_history[row].clone(),
+                        )
                     )
-                )
             for i in range(batch):
-                done[i] = done[i] or len(finished[i]) >= beam or step >= int(max_lengths[i]) - 1
+                done[i] = done[i] or len(finished[i]) >= beam or step >= last_steps[i]
             if all(done):
                 break
             # The best K candidates that did not end continue as the new beams, in score order.

@@ -10,6 +10,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from pipelines.errors import PipelineError, run_main, setup_logging
@@ -18,18 +19,26 @@ log = logging.getLogger("nmt")
 
 
 def read_sentences(source: str) -> list[str]:
-    """Lines from a file or standard input ('-'); blank lines and undecodable bytes are errors."""
+    """Lines from a file or standard input ('-'); blank lines and undecodable bytes are errors.
+
+    Lines end at ``\n`` (or ``\r\n``) only, so output line N is always the translation of input
+    line N, even when a sentence holds a Unicode line separator.
+    """
     name = "<stdin>" if source == "-" else source
     try:
         raw = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
     except FileNotFoundError as err:
         raise PipelineError(f"{name}: no such file") from err
+    except IsADirectoryError as err:
+        raise PipelineError(f"{name}: is a directory, not a file of sentences") from err
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise PipelineError(f"{name}:{line}: invalid UTF-8") from err
-    lines = text.splitlines()
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if lines[-1] == "":
+        lines.pop()  # the newline that ends the last line
     if not lines:
         raise PipelineError(f"{name}: no input sentences")
     for number, line in enumerate(lines, start=1):
@@ -38,22 +47,48 @@ def read_sentences(source: str) -> list[str]:
     return lines
 
 
+def check_device(device: str) -> str:
+    """A torch device that exists here, or a one-line error."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise PipelineError(f"--device {device}: not a torch device (cpu, cuda, cuda:1)") from err
+    if parsed.type == "cuda":
+        available = torch.cuda.device_count()
+        if not available or (parsed.index is not None and parsed.index >= available):
+            raise PipelineError(f"--device {device}: {available} CUDA device(s) visible")
+    return device
+
+
 def load_translator(model: str, device: str):
     """A Translator from an exported folder, or from the MLflow registry for a models:/ URI."""
     from pipelines.translator import Translator
 
-    if model.startswith(("models:/", "runs:/")):
-        from pipelines import tracking
-        from pipelines.registry import download_model_folder
+    if not model.startswith(("models:/", "runs:/")):
+        return Translator.load(model, device=device)
+    from pipelines import tracking
+    from pipelines.registry import download_model_folder
 
-        tracking.connect()
-        return Translator.load(download_model_folder(model), device=device)
-    return Translator.load(model, device=device)
+    uri = tracking.tracking_uri()
+    store = Path(uri.removeprefix("sqlite:///"))
+    if uri.startswith("sqlite:///") and not store.exists():
+        raise PipelineError(
+            f"{model}: no MLflow store at {store}; run the pipeline here or set MLFLOW_TRACKING_URI"
+        )
+    tracking.connect()
+    # Everything is read into memory on load, so the downloaded copy can go right after.
+    with tempfile.TemporaryDirectory(prefix="nmt-model-") as tmp:
+        return Translator.load(download_model_folder(model, tmp), device=device)
 
 
 def cmd_translate(args: argparse.Namespace) -> None:
+    for option, value in (("--beam-size", args.beam_size), ("--batch-size", args.batch_size)):
+        if value < 1:
+            raise PipelineError(f"{option}: must be >= 1")
     sentences = read_sentences(args.input)
-    translator = load_translator(args.model, args.device)
+    translator = load_translator(args.model, check_device(args.device))
     progress = not sys.stdout.isatty() and len(sentences) >= args.progress_threshold
     outputs = translator.translate(
         sentences,
@@ -65,21 +100,44 @@ def cmd_translate(args: argparse.Namespace) -> None:
     sys.stdout.write("".join(f"{line}\n" for line in outputs))
 
 
-def cmd_ui(args: argparse.Namespace) -> None:
+def ui_command(host: str, port: int) -> tuple[list[str], dict[str, str]]:
+    """The `mlflow server` command line and environment that `nmt ui` runs."""
     from pipelines import tracking
 
     uri = tracking.tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        raise PipelineError(f"MLFLOW_TRACKING_URI is a server already: open {uri} in a browser")
+    store = Path(uri.removeprefix("sqlite:///"))
+    if uri.startswith("sqlite:///") and not store.exists():
+        # mlflow server would quietly create an empty store there (mlflow#23634).
+        raise PipelineError(f"no MLflow store at {store}; run `dvc repro` first")
     root = tracking.repo_root()
     command = [
         sys.executable, "-m", "mlflow", "server",
         "--backend-store-uri", uri,
         "--default-artifact-root", (root / "mlruns" / "artifacts").as_uri(),
-        "--host", args.host,
-        "--port", str(args.port),
+        "--host", host,
+        "--port", str(port),
         "--workers", "1",
     ]  # fmt: skip
-    log.info("MLflow UI on http://%s:%d (store %s); Ctrl-C stops it", args.host, args.port, uri)
+    # The job-execution workers serve GenAI features only; the pipeline does not need them.
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    return command, env
+
+
+def cmd_ui(args: argparse.Namespace) -> None:
+    from pipelines import tracking
+
+    command, env = ui_command(args.host, args.port)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("binding %s: the MLflow UI has no authentication", args.host)
+    log.info(
+        "MLflow UI on http://%s:%d (store %s); the runs table is under Experiments; "
+        "Ctrl-C stops it",
+        args.host,
+        args.port,
+        tracking.tracking_uri(),
+    )
     raise SystemExit(subprocess.call(command, env=env))
 
 
@@ -124,7 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
         "ui",
         help="serve the MLflow UI on the pipeline's tracking store",
         description="Start `mlflow server` on the store the pipeline writes to "
-        "(MLFLOW_TRACKING_URI, else mlruns/mlflow.db). Binds to 127.0.0.1 unless told otherwise.",
+        "(MLFLOW_TRACKING_URI, else mlruns/mlflow.db). Binds to 127.0.0.1 unless told otherwise: "
+        "the UI has no authentication. In the browser, Experiments -> <dataset>-<src>-<tgt> lists "
+        "one run per architecture under its pipeline run (#/experiments/<id>/runs); tick two "
+        "runs and press Compare to see their params and metrics side by side; Models -> "
+        "nmt-translator shows the registered versions and the `champion` alias.",
     )
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
@@ -146,8 +208,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     setup_logging()
-    if getattr(args, "beam_size", 1) < 1:
-        raise PipelineError("--beam-size: must be >= 1")
     args.func(args)
 
 

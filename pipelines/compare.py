@@ -1,7 +1,9 @@
 """DVC stage `compare`: one table and two plots comparing every trained architecture.
 
 Writes ``reports/comparison.{md,csv}``, ``reports/validation_curves.png`` and
-``reports/bleu_per_test_set.png``, and attaches them to the pipeline's parent MLflow run.
+``reports/bleu_per_test_set.png``, and attaches them to the pipeline's parent MLflow run. The best
+architecture on the primary test split is registered in the MLflow model registry and becomes
+`champion` when :func:`pipelines.registry.decide_promotion` says so.
 """
 
 from __future__ import annotations
@@ -9,12 +11,13 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import itertools
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from pipelines import tracking
+from pipelines import registry, tracking
 from pipelines.atomic import atomic_write_text
 from pipelines.errors import PipelineError, run_main, setup_logging
 from pipelines.params import load_params
@@ -40,7 +43,9 @@ def collect(archs: list[str], test_splits: list[str], root: Path) -> list[dict[s
         summary_file = root / "artifacts" / arch / "training.json"
         for needed in (metrics_file, summary_file):
             if not needed.exists():
-                raise PipelineError(f"{needed}: missing; run train@{arch} and evaluate@{arch} first")
+                raise PipelineError(
+                    f"{needed}: missing; run train@{arch} and evaluate@{arch} first"
+                )
         metrics = json.loads(metrics_file.read_text())
         summary = json.loads(summary_file.read_text())
         row: dict[str, Any] = {"architecture": arch}
@@ -106,7 +111,9 @@ def compare(archs: list[str], test_splits: list[str], root: Path, reports: Path)
 
 def log_to_parent(rows: list[dict[str, Any]], root: Path, reports: Path) -> None:
     """Attach the report to the parent run that groups this pipeline run's architectures."""
-    summary = json.loads((root / "artifacts" / rows[0]["architecture"] / "training.json").read_text())
+    summary = json.loads(
+        (root / "artifacts" / rows[0]["architecture"] / "training.json").read_text()
+    )
     parent_id = summary.get("parent_run_id")
     if not parent_id:
         return
@@ -118,6 +125,51 @@ def log_to_parent(rows: list[dict[str, Any]], root: Path, reports: Path) -> None
             if key.endswith(("_bleu", "_chrf")) and isinstance(value, (int, float)):
                 client.log_metric(parent_id, f"{row['architecture']}/{key}", value)
     client.set_terminated(parent_id, status="FINISHED")
+
+
+def best_row(rows: list[dict[str, Any]], split: str) -> dict[str, Any]:
+    """The architecture with the highest BLEU on `split` (the first listed wins a tie)."""
+    return max(rows, key=lambda row: row[f"{split}_bleu"])
+
+
+def example_sources(prepared: Path, split: str, count: int = 2) -> list[str] | None:
+    """A few source sentences of `split`, as the registered model's input example."""
+    path = prepared / f"{split}.jsonl"
+    if not path.exists():
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line)["src"] for line in itertools.islice(handle, count)]
+
+
+def register_best(
+    rows: list[dict[str, Any]],
+    root: Path,
+    registered_name: str,
+    split: str,
+    example: list[str] | None,
+) -> registry.Promotion:
+    """Register the best architecture's model and record the outcome on the parent run."""
+    best = best_row(rows, split)
+    client = tracking.connect()
+    promotion = registry.register_and_promote(
+        best["run_id"],
+        root / "artifacts" / best["architecture"],
+        registered_name,
+        split,
+        input_example=example,
+        client=client,
+    )
+    summary = json.loads((root / "artifacts" / best["architecture"] / "training.json").read_text())
+    if summary.get("parent_run_id"):
+        for key, value in {
+            "registry.model": registered_name,
+            "registry.version": promotion.version,
+            "registry.architecture": best["architecture"],
+            "registry.promoted": str(promotion.promoted).lower(),
+            "registry.decision": promotion.reason,
+        }.items():
+            client.set_tag(summary["parent_run_id"], key, value)
+    return promotion
 
 
 @run_main
@@ -135,6 +187,12 @@ def main(argv: list[str] | None = None) -> None:
     rows = compare(params.architectures, params.data.test_splits, root, reports)
     log_to_parent(rows, root, reports)
     log.info("wrote %s", ", ".join(str(reports / name) for name in REPORT_FILES))
+    split = params.data.primary_test_split
+    example = example_sources(root / "data" / "prepared", params.data.validation_split)
+    promotion = register_best(rows, root, params.tracking.registered_model, split, example)
+    log.info(
+        "%s version %s: %s", params.tracking.registered_model, promotion.version, promotion.reason
+    )
 
 
 if __name__ == "__main__":

@@ -66,7 +66,9 @@ def score(
     }
     for low, high in LENGTH_BUCKETS:
         members = [
-            i for i, s in enumerate(sources) if low <= len(s.split()) and (high is None or len(s.split()) <= high)
+            i
+            for i, s in enumerate(sources)
+            if low <= len(s.split()) and (high is None or len(s.split()) <= high)
         ]
         if not members:
             continue
@@ -104,7 +106,9 @@ def evaluate(
             )
             (tmp / f"{split}.txt").write_text("\n".join(hypotheses) + "\n", encoding="utf-8")
             metrics[split] = score(hypotheses, references, sources, translator.config["tgt_lang"])
-            log.info("%s: BLEU %.2f chrF %.2f", split, metrics[split]["bleu"], metrics[split]["chrf"])
+            log.info(
+                "%s: BLEU %.2f chrF %.2f", split, metrics[split]["bleu"], metrics[split]["chrf"]
+            )
     return metrics
 
 
@@ -123,7 +127,11 @@ def log_to_mlflow(
         client.log_metric(run_id, f"test/{split}/bleu", values["bleu"])
         client.log_metric(run_id, f"test/{split}/chrf", values["chrf"])
         for bucket, bucket_values in values["length_buckets"].items():
-            client.log_metric(run_id, f"test/{split}/bleu_len_{bucket}", bucket_values["bleu"])
+            client.log_metric(
+                run_id,
+                f"test/{split}/bleu_len_{bucket.replace('+', 'plus')}",
+                bucket_values["bleu"],
+            )
     first = next(iter(metrics.values()))
     client.set_tag(run_id, "sacrebleu.signature", first["signature"])
     client.set_tag(run_id, "sacrebleu.chrf_signature", first["chrf_signature"])
@@ -159,7 +167,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     atomic_write_json(Path("metrics") / f"{args.arch}.json", metrics)
     training = json.loads((model_dir / "training.json").read_text())
-    validation_sources, _ = read_pairs(Path("data/prepared") / f"{params.data.validation_split}.jsonl")
+    validation_sources, _ = read_pairs(
+        Path("data/prepared") / f"{params.data.validation_split}.jsonl"
+    )
     log_to_mlflow(
         training["run_id"],
         metrics,

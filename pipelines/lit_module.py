@@ -7,12 +7,10 @@ The architecture itself is a plain ``models`` module; this class owns only the t
 from __future__ import annotations
 
 import math
-import random
 from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
-import numpy as np
 import sacrebleu
 import torch
 import torch.nn.functional as F
@@ -67,6 +65,7 @@ class TranslationModule(pl.LightningModule):
         tgt_vocab_size: int,
         val_max_len_margin: int = 20,
         check_finite_every: int = 1,
+        seed: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -99,6 +98,11 @@ class TranslationModule(pl.LightningModule):
         return loss
 
     def on_train_epoch_start(self) -> None:
+        # The RNG state (dropout) is a function of (seed, epoch): a run resumed at an epoch
+        # boundary replays exactly what the uninterrupted run did, on any number of devices.
+        torch.manual_seed(
+            self.hparams.seed * 100_003 + self.current_epoch * 1_009 + self.global_rank
+        )
         # Field note: set_epoch is not reliably called on batch samplers; do it explicitly.
         sampler = getattr(self.trainer.train_dataloader, "batch_sampler", None)
         if hasattr(sampler, "set_epoch"):
@@ -163,23 +167,7 @@ class TranslationModule(pl.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store RNG states (as tensors, loadable with weights_only) and tracking state."""
-        checkpoint["rng"] = {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-            "numpy_pos": int(np.random.get_state()[2]),
-            "python": random.getstate()[1],
-        }
         checkpoint["nmt"] = dict(self.extra_checkpoint_state)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        rng = checkpoint.get("rng")
-        if rng is None:
-            return
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        np.random.set_state(("MT19937", rng["numpy"].numpy().astype(np.uint32), rng["numpy_pos"]))
-        random.setstate((3, tuple(rng["python"]), None))
         self.extra_checkpoint_state = dict(checkpoint.get("nmt", {}))

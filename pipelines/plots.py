@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from pipelines.atomic import atomic_path  # noqa: E402
+from pipelines.atomic import atomic_path
 
 if TYPE_CHECKING:
     from pipelines.translator import AttentionExample
@@ -53,8 +53,12 @@ def validation_curves(histories: dict[str, list[dict[str, float]]], path: Path) 
     figure, (bleu_axis, loss_axis) = plt.subplots(1, 2, figsize=(11, 4))
     for arch, rows in histories.items():
         epochs = [row["epoch"] + 1 for row in rows]
-        bleu_axis.plot(epochs, [row.get("val_bleu", math.nan) for row in rows], marker="o", label=arch)
-        loss_axis.plot(epochs, [row.get("val_loss", math.nan) for row in rows], marker="o", label=arch)
+        bleu_axis.plot(
+            epochs, [row.get("val_bleu", math.nan) for row in rows], marker="o", label=arch
+        )
+        loss_axis.plot(
+            epochs, [row.get("val_loss", math.nan) for row in rows], marker="o", label=arch
+        )
     bleu_axis.set(xlabel="epoch", ylabel="validation BLEU (greedy)", title="Validation BLEU")
     loss_axis.set(xlabel="epoch", ylabel="validation loss (nats/token)", title="Validation loss")
     for axis in (bleu_axis, loss_axis):

@@ -164,7 +164,9 @@ def log_params(client, run_id: str, flat: dict[str, Any]) -> None:
     """Log flattened params in batches (MLflow caps a batch at 100 params)."""
     from mlflow.entities import Param
 
-    items = [Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in flat.items()]
+    items = [
+        Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)) for k, v in flat.items()
+    ]
     existing = client.get_run(run_id).data.params
     items = [p for p in items if p.key not in existing]
     for start in range(0, len(items), 100):
@@ -198,7 +200,7 @@ def finish_stale_run(client, run_id: str, reason: str) -> None:
     """Mark a run that a killed process left RUNNING as KILLED, with the reason."""
     try:
         run = client.get_run(run_id)
-    except Exception:  # noqa: BLE001 - a run from another store is simply gone
+    except Exception:
         return
     if run.info.status == "RUNNING":
         client.set_tag(run_id, "nmt.ended_because", reason)

@@ -21,19 +21,16 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
-from torch.utils.data import DataLoader
 
 from models import PAD_ID
 from pipelines import tracking
 from pipelines.atomic import atomic_path, atomic_write_json, atomic_write_text
-from pipelines.batching import TokenBucketBatchSampler, TranslationDataset, collate
+from pipelines.datamodule import TranslationDataModule
 from pipelines.errors import PipelineError, run_main, setup_logging
 from pipelines.lit_module import DivergenceError, TranslationModule
 from pipelines.params import Params, load_params
-from pipelines.tokenizer import load_split
 from pipelines.vocab import Tokenizers
 
 log = logging.getLogger("nmt.train")
@@ -101,7 +98,8 @@ class TrainingMonitor(pl.Callback):
     def on_train_epoch_end(self, trainer, module) -> None:
         self.train_seconds += time.perf_counter() - self._epoch_start
 
-    def on_validation_epoch_end(self, trainer, module) -> None:
+    def on_validation_end(self, trainer, module) -> None:
+        # After the module's on_validation_epoch_end, so val/bleu is in callback_metrics.
         if trainer.sanity_checking:
             return
         metrics = trainer.callback_metrics
@@ -115,7 +113,7 @@ class TrainingMonitor(pl.Callback):
                 row[key.replace("/", "_")] = round(float(metrics[key]), 4)
         if torch.cuda.is_available():
             peak = torch.cuda.max_memory_allocated() / 2**30
-            module.log("train/peak_gpu_memory_gib", peak)
+            trainer.logger.log_metrics({"train/peak_gpu_memory_gib": peak}, trainer.global_step)
             row["peak_gpu_memory_gib"] = round(peak, 3)
         self.rows.append(row)
         if trainer.is_global_zero:
@@ -143,56 +141,58 @@ def fingerprint(params: Params, arch: str, tokenized: Path) -> str:
         "seed": params.seed,
         "arch": asdict(params.arch(arch)),
         "train": asdict(params.train),
-        "tokenized": sorted(
-            (p.name, p.stat().st_size) for p in tokenized.iterdir() if p.is_file()
-        ),
+        "tokenized": sorted((p.name, p.stat().st_size) for p in tokenized.iterdir() if p.is_file()),
     }
     return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def resolve_world_size(params: Params) -> int:
+def world_size(params: Params) -> int:
+    """Devices per node (``auto``: every visible GPU, else one CPU process) times nodes."""
     devices = params.train.devices
     if devices == "auto":
-        devices = torch.cuda.device_count() if torch.cuda.is_available() else 1
+        devices = torch.cuda.device_count() or 1
     return int(devices) * params.train.num_nodes
 
 
-def build_loaders(
-    params: Params, paths: TrainPaths, world_size: int
-) -> tuple[DataLoader, DataLoader, int]:
-    """Token-bucket loaders, sharded per rank by the sampler itself (not by Lightning)."""
-    data = params.data
-    batch_tokens = params.train.batch_tokens
-    if params.train.keep_global_batch:
-        batch_tokens = max(1, batch_tokens // world_size)
-    loaders = []
-    for split, shuffle in ((data.train_split, True), (data.validation_split, False)):
-        corpus = load_split(paths.tokenized, split)
-        sampler = TokenBucketBatchSampler(
-            corpus.src_lengths,
-            corpus.tgt_lengths,
-            max_tokens=batch_tokens,
-            shuffle=shuffle,
-            seed=params.seed,
-            num_replicas=None,
-            rank=None,
+def launch_rank() -> int:
+    """This process's global rank before Lightning initialises the process group.
+
+    torchrun sets RANK, SLURM sets SLURM_PROCID, and Lightning's own launcher sets NODE_RANK and
+    LOCAL_RANK; only rank 0 creates MLflow runs and touches the checkpoint folder.
+    """
+    for variable in ("RANK", "SLURM_PROCID"):
+        if variable in os.environ:
+            return int(os.environ[variable])
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0)))
+    return node * max(1, torch.cuda.device_count()) + local
+
+
+def accumulation(train_params, world_size: int) -> int:
+    """Gradient accumulation; with keep_global_batch it shrinks as devices grow (same global batch)."""
+    steps = train_params.accumulate_grad_batches
+    if not train_params.keep_global_batch:
+        return steps
+    if steps % world_size:
+        raise PipelineError(
+            f"train.accumulate_grad_batches: {steps} is not divisible by the {world_size} devices; "
+            "with train.keep_global_batch it must be, to keep the global batch fixed"
         )
-        loaders.append(
-            DataLoader(
-                TranslationDataset(corpus),
-                batch_sampler=sampler,
-                collate_fn=collate,
-                num_workers=params.train.num_workers,
-                pin_memory=torch.cuda.is_available(),
-                persistent_workers=params.train.num_workers > 0,
-            )
-        )
-    return loaders[0], loaders[1], batch_tokens
+    return steps // world_size
 
 
 def read_references(prepared: Path, split: str) -> list[str]:
     with open(prepared / f"{split}.jsonl", encoding="utf-8") as handle:
         return [json.loads(line)["tgt"] for line in handle]
+
+
+def resumable_checkpoint(ckpt_dir: Path, key: str) -> Path | None:
+    """last.ckpt if it was written under the same configuration, else None (read-only)."""
+    marker, last = ckpt_dir / "fingerprint.json", ckpt_dir / "last.ckpt"
+    if marker.exists() and last.exists():
+        if json.loads(marker.read_text()).get("fingerprint") == key:
+            return last
+    return None
 
 
 def prepare_checkpoint_dir(ckpt_dir: Path, key: str, client) -> Path | None:
@@ -237,64 +237,45 @@ def export_model(
             shutil.copy2(meta, tok_dir / "tokenizer.json")
 
 
-def train(arch: str, params: Params, paths: TrainPaths, params_file: Path) -> dict[str, Any]:
-    """Train `arch`, export the best checkpoint and return the training summary."""
-    pl.seed_everything(params.seed, workers=True)
-    arch_params = params.arch(arch)
-    tokenizers = Tokenizers.load(paths.tokenized)
-    world_size = resolve_world_size(params)
-    is_zero = rank_zero_only.rank == 0
+def open_run(
+    client, params: Params, arch: str, params_file: Path, paths: TrainPaths, tokenizers, key: str
+) -> tuple[str, str, Path | None]:
+    """Rank 0: continue the killed run of this configuration, or open a new run with lineage.
+
+    Returns (run id, parent run id, checkpoint to resume from).
+    """
     ckpt_dir = paths.checkpoints / arch
-    key = fingerprint(params, arch, paths.tokenized)
+    resume_from = prepare_checkpoint_dir(ckpt_dir, key, client)
+    exp_id = tracking.experiment_id(client, params.experiment_name)
+    pipeline_key = tracking.pipeline_key(params_file, params.data.dataset)
+    parent_id = tracking.parent_run_id(client, exp_id, pipeline_key, f"pipeline-{pipeline_key[:8]}")
+    if resume_from is not None:
+        run_id = json.loads((ckpt_dir / "fingerprint.json").read_text())["run_id"]
+        log.info("resuming %s from %s (MLflow run %s)", arch, resume_from, run_id)
+        client.update_run(run_id, status="RUNNING")
+        return run_id, parent_id, resume_from
+    tags = {
+        "mlflow.parentRunId": parent_id,
+        tracking.ARCH_TAG: arch,
+        **tracking.lineage_tags(params.data.dataset),
+    }
+    run_id = client.create_run(exp_id, run_name=arch, tags=tags).info.run_id
+    atomic_write_json(ckpt_dir / "fingerprint.json", {"fingerprint": key, "run_id": run_id})
+    tracking.log_params(client, run_id, params.flat() | {"arch": arch})
+    manifest = json.loads((paths.prepared / "manifest.json").read_text())
+    tracking.log_dataset_inputs(client, run_id, manifest)
+    for model_file in tokenizers.model_files:
+        client.log_artifact(run_id, str(model_file), artifact_path="tokenizer")
+    return run_id, parent_id, None
 
-    client = tracking.connect()  # fails fast if a tracking server does not answer
-    resume_from, run_id, parent_id = None, None, None
-    if is_zero:
-        resume_from = prepare_checkpoint_dir(ckpt_dir, key, client)
-        exp_id = tracking.experiment_id(client, params.experiment_name)
-        pipeline_key = tracking.pipeline_key(params_file, params.data.dataset)
-        parent_id = tracking.parent_run_id(client, exp_id, pipeline_key, f"pipeline-{pipeline_key[:8]}")
-        if resume_from is not None:
-            run_id = json.loads((ckpt_dir / "fingerprint.json").read_text())["run_id"]
-            log.info("resuming %s from %s (MLflow run %s)", arch, resume_from, run_id)
-            client.update_run(run_id, status="RUNNING")
-        else:
-            run = client.create_run(
-                exp_id,
-                run_name=arch,
-                tags={
-                    "mlflow.parentRunId": parent_id,
-                    tracking.ARCH_TAG: arch,
-                    tracking.PARENT_KEY_TAG + ".parent": pipeline_key,
-                    **tracking.lineage_tags(params.data.dataset),
-                },
-            )
-            run_id = run.info.run_id
-            atomic_write_json(ckpt_dir / "fingerprint.json", {"fingerprint": key, "run_id": run_id})
-            tracking.log_params(client, run_id, params.flat() | {"arch": arch})
-            manifest = json.loads((paths.prepared / "manifest.json").read_text())
-            tracking.log_dataset_inputs(client, run_id, manifest)
-            for model_file in tokenizers.model_files:
-                client.log_artifact(run_id, str(model_file), artifact_path="tokenizer")
 
-    module = TranslationModule(
-        model_config=arch_params.model,
-        optim=asdict(arch_params.optim),
-        src_vocab_size=tokenizers.src_vocab_size,
-        tgt_vocab_size=tokenizers.tgt_vocab_size,
-        val_max_len_margin=params.train.val_max_len_margin,
-        check_finite_every=1 if not torch.cuda.is_available() else params.train.log_every_n_steps,
-    )
-    module.detokenize = tokenizers.decode_tgt
-    module.val_references = read_references(paths.prepared, params.data.validation_split)
-    module.extra_checkpoint_state = {"run_id": run_id}
-    if params.train.compile:
-        module.model = torch.compile(module.model)
-
-    train_loader, val_loader, batch_tokens = build_loaders(params, paths, world_size)
+def build_trainer(
+    params: Params, arch: str, paths: TrainPaths, run_id: str | None, accumulate: int
+) -> tuple[pl.Trainer, TrainingMonitor, ModelCheckpoint]:
+    optim = params.arch(arch).optim
     monitor = TrainingMonitor(paths.logs / arch / "history.csv", params.train.log_every_n_steps)
     checkpoint = ModelCheckpoint(
-        dirpath=ckpt_dir,
+        dirpath=paths.checkpoints / arch,
         filename="best",
         monitor=MONITOR,
         mode="max",
@@ -304,13 +285,13 @@ def train(arch: str, params: Params, paths: TrainPaths, params_file: Path) -> di
         auto_insert_metric_name=False,
         save_on_train_epoch_end=False,
     )
-    callbacks = [monitor, checkpoint]
-    if arch_params.optim.early_stopping_patience > 0:
+    callbacks: list[pl.Callback] = [monitor, checkpoint]
+    if optim.early_stopping_patience > 0:
         callbacks.append(
             EarlyStopping(
                 MONITOR,
                 mode="max",
-                patience=arch_params.optim.early_stopping_patience,
+                patience=optim.early_stopping_patience,
                 check_on_train_epoch_end=False,
             )
         )
@@ -325,10 +306,10 @@ def train(arch: str, params: Params, paths: TrainPaths, params_file: Path) -> di
         num_nodes=params.train.num_nodes,
         strategy=params.train.strategy,
         precision=params.train.precision,
-        max_epochs=arch_params.optim.max_epochs,
-        max_steps=arch_params.optim.max_steps,
+        max_epochs=optim.max_epochs,
+        max_steps=optim.max_steps,
         gradient_clip_val=params.train.gradient_clip_val or None,
-        accumulate_grad_batches=params.train.accumulate_grad_batches,
+        accumulate_grad_batches=accumulate,
         deterministic=params.train.deterministic,
         log_every_n_steps=params.train.log_every_n_steps,
         callbacks=callbacks,
@@ -336,16 +317,65 @@ def train(arch: str, params: Params, paths: TrainPaths, params_file: Path) -> di
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,
         num_sanity_val_steps=0,
-        enable_model_summary=is_zero,
     )
-    global_batch = batch_tokens * trainer.world_size * params.train.accumulate_grad_batches
+    return trainer, monitor, checkpoint
+
+
+def train(arch: str, params: Params, paths: TrainPaths, params_file: Path) -> dict[str, Any]:
+    """Train `arch`, export the best checkpoint and return the training summary (rank 0)."""
+    pl.seed_everything(params.seed, workers=True)
+    arch_params = params.arch(arch)
+    tokenizers = Tokenizers.load(paths.tokenized)
+    ckpt_dir = paths.checkpoints / arch
+    key = fingerprint(params, arch, paths.tokenized)
+    client = tracking.connect()  # fails fast, before any training, if the server does not answer
+
+    is_zero = launch_rank() == 0
+    run_id = parent_id = None
+    if is_zero:
+        run_id, parent_id, resume_from = open_run(
+            client, params, arch, params_file, paths, tokenizers, key
+        )
+    else:  # rank 0 has settled the folder before launching the other ranks
+        resume_from = resumable_checkpoint(ckpt_dir, key)
+
+    module = TranslationModule(
+        model_config=arch_params.model,
+        optim=asdict(arch_params.optim),
+        src_vocab_size=tokenizers.src_vocab_size,
+        tgt_vocab_size=tokenizers.tgt_vocab_size,
+        val_max_len_margin=params.train.val_max_len_margin,
+        check_finite_every=params.train.log_every_n_steps if torch.cuda.is_available() else 1,
+        seed=params.seed,
+    )
+    module.detokenize = tokenizers.decode_tgt
+    module.val_references = read_references(paths.prepared, params.data.validation_split)
+    module.extra_checkpoint_state = {"run_id": run_id}
+    if params.train.compile:
+        module.model = torch.compile(module.model)
+
+    accumulate = accumulation(params.train, world_size(params))
+    trainer, monitor, checkpoint = build_trainer(params, arch, paths, run_id, accumulate)
+    global_batch = params.train.batch_tokens * trainer.world_size * accumulate
     if is_zero and resume_from is None:
         client.log_param(run_id, "train.global_batch_tokens", global_batch)
+        client.log_param(run_id, "train.world_size", trainer.world_size)
         client.log_param(run_id, "model.num_parameters", module.model.num_parameters())
+    data = TranslationDataModule(
+        paths.tokenized,
+        params.data.train_split,
+        params.data.validation_split,
+        batch_tokens=params.train.batch_tokens,
+        seed=params.seed,
+        accumulate=accumulate,
+        num_workers=params.train.num_workers,
+    )
     try:
-        trainer.fit(module, train_loader, val_loader, ckpt_path=resume_from, weights_only=True)
+        trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=True)
     except DivergenceError as err:
-        raise PipelineError(f"{arch}: {err}; the last good checkpoint is kept in {ckpt_dir}") from err
+        raise PipelineError(
+            f"{arch}: {err}; the last good checkpoint is kept in {ckpt_dir}"
+        ) from err
     if not trainer.is_global_zero:
         return {}
 
@@ -354,6 +384,7 @@ def train(arch: str, params: Params, paths: TrainPaths, params_file: Path) -> di
     module.load_state_dict(state["state_dict"])
     export_model(module, arch, params, tokenizers, paths.artifacts / arch)
     best_row = max(monitor.rows, key=lambda r: r.get("val_bleu", float("-inf")), default={})
+    rates = monitor.tokens_per_sec
     summary = {
         "arch": arch,
         "run_id": run_id,
@@ -364,10 +395,9 @@ def train(arch: str, params: Params, paths: TrainPaths, params_file: Path) -> di
         "best_val_bleu": best_row.get("val_bleu"),
         "epochs": len(monitor.rows),
         "train_seconds": round(monitor.train_seconds, 1),
-        "tokens_per_sec": round(
-            sum(monitor.tokens_per_sec) / max(len(monitor.tokens_per_sec), 1), 1
-        ),
+        "tokens_per_sec": round(sum(rates) / max(len(rates), 1), 1),
         "global_batch_tokens": global_batch,
+        "world_size": trainer.world_size,
         "device": tracking.lineage_tags(params.data.dataset)["device"],
     }
     atomic_write_json(paths.artifacts / arch / "training.json", summary)
@@ -389,7 +419,9 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     params = load_params(args.params)
     if args.arch not in params.models:
-        raise PipelineError(f"--arch {args.arch}: not in params models ({', '.join(params.models)})")
+        raise PipelineError(
+            f"--arch {args.arch}: not in params models ({', '.join(params.models)})"
+        )
     summary = train(args.arch, params, TrainPaths(), args.params)
     if summary:
         log.info("trained %s: %s", args.arch, json.dumps(summary))

@@ -492,7 +492,7 @@ def test_module_documents_filters_and_errors() -> None:
 
 
 def test_validation_split_must_differ_from_train() -> None:
-    with pytest.raises(ConfigError, match="data.validation_split: must differ from train_split"):
+    with pytest.raises(ConfigError, match=r"data\.validation_split: must differ from train_split"):
         from_dict(DataParams, {"validation_split": "train"}, prefix="data")
-    with pytest.raises(ConfigError, match="data.test_splits: lists a split twice"):
+    with pytest.raises(ConfigError, match=r"data\.test_splits: lists a split twice"):
         from_dict(DataParams, {"test_splits": ["a", "a"]}, prefix="data")

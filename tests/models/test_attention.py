@@ -19,13 +19,16 @@ def test_explicit_attention_matches_hand_computation():
     k = torch.tensor([[[[1.0, 1.0], [2.0, 0.0], [0.0, -1.0]]]])  # [1, 1, S=3, d=2]
     v = torch.tensor([[[[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]]])
     out, weights = scaled_dot_product_attention(q, k, v)
+    values = v[0, 0].tolist()
     expected_weights, expected_out = [], []
     for query in q[0, 0].tolist():
-        logits = [sum(a * b for a, b in zip(query, key)) / math.sqrt(2) for key in k[0, 0].tolist()]
+        logits = [
+            (query[0] * key[0] + query[1] * key[1]) / math.sqrt(2) for key in k[0, 0].tolist()
+        ]
         exps = [math.exp(x) for x in logits]
         row = [e / sum(exps) for e in exps]
         expected_weights.append(row)
-        expected_out.append([sum(w * val[j] for w, val in zip(row, v[0, 0].tolist())) for j in range(2)])
+        expected_out.append([sum(row[s] * values[s][j] for s in range(3)) for j in range(2)])
     torch.testing.assert_close(weights[0, 0], torch.tensor(expected_weights))
     torch.testing.assert_close(out[0, 0], torch.tensor(expected_out))
 
@@ -141,7 +144,7 @@ def test_need_weights_path_equals_fused_path():
     x = torch.randn(2, 6, 16)
     pad = torch.tensor([[False] * 6, [False] * 4 + [True] * 2])
     fused, no_weights = attention(x, x, x, key_padding_mask=pad, causal=True)
-    explicit, weights = attention(x, x, x, key_padding_mask=pad, causal=True, need_weights=True)
+    explicit, _weights = attention(x, x, x, key_padding_mask=pad, causal=True, need_weights=True)
     assert no_weights is None
     torch.testing.assert_close(fused, explicit)
 
@@ -151,7 +154,10 @@ def test_growing_cache_reproduces_full_causal_self_attention():
     x = torch.randn(2, 6, 16)
     full, _ = attention(x, x, x, causal=True)
     cache = KeyValueCache()
-    steps = [attention(x[:, t : t + 1], x[:, t : t + 1], x[:, t : t + 1], causal=True, cache=cache)[0] for t in range(6)]
+    steps = [
+        attention(x[:, t : t + 1], x[:, t : t + 1], x[:, t : t + 1], causal=True, cache=cache)[0]
+        for t in range(6)
+    ]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-6, rtol=1e-5)
     assert cache.key.shape == (2, 4, 6, 4)
 
@@ -181,7 +187,11 @@ def test_additive_attention_is_v_tanh_wq_plus_uk():
     attention = AdditiveAttention(query_dim=6, key_dim=8, hidden=5)
 
     def scores(query, keys):
-        w, u, v = attention.query_layer.weight, attention.key_layer.weight, attention.energy_layer.weight
+        w, u, v = (
+            attention.query_layer.weight,
+            attention.key_layer.weight,
+            attention.energy_layer.weight,
+        )
         return torch.tanh((query @ w.T)[:, None] + keys @ u.T) @ v[0]
 
     _check_single_query_attention(attention, scores)
@@ -191,7 +201,9 @@ def test_multiplicative_general_attention_is_q_w_k():
     torch.manual_seed(0)
     attention = MultiplicativeAttention(query_dim=6, key_dim=8, score="general")
     weight = attention.query_layer.weight  # [Dk, Dq]
-    _check_single_query_attention(attention, lambda q, k: torch.einsum("bq,kq,bsk->bs", q, weight, k))
+    _check_single_query_attention(
+        attention, lambda q, k: torch.einsum("bq,kq,bsk->bs", q, weight, k)
+    )
 
 
 def test_multiplicative_dot_attention_is_q_dot_k():

@@ -54,7 +54,7 @@ def test_build_model_from_dict_or_config():
 
 
 def test_build_model_validates_dataclass_configs():
-    with pytest.raises(ConfigError, match="^n_heads:"):
+    with pytest.raises(ConfigError, match=r"^n_heads:"):
         build_model(TransformerConfig(d_model=30, n_heads=4), 30)
 
 

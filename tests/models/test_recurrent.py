@@ -6,7 +6,13 @@ import torch
 from models import ConfigError, RecurrentConfig
 from models.config import from_dict
 
-RECURRENT = ["lstm-none", "lstm-additive", "lstm-multiplicative", "gru-additive", "gru-dot-unidirectional"]
+RECURRENT = [
+    "lstm-none",
+    "lstm-additive",
+    "lstm-multiplicative",
+    "gru-additive",
+    "gru-dot-unidirectional",
+]
 
 
 @pytest.mark.parametrize("variant", RECURRENT)
@@ -54,7 +60,9 @@ def test_without_attention_the_state_carries_no_memory(make_model):
     assert state.memory is None and state.projected_keys is None and state.src_pad_mask is None
 
 
-@pytest.mark.parametrize("variant", ["lstm-additive", "lstm-multiplicative", "gru-dot-unidirectional"])
+@pytest.mark.parametrize(
+    "variant", ["lstm-additive", "lstm-multiplicative", "gru-dot-unidirectional"]
+)
 def test_cross_attention_is_one_distribution_per_target_position(make_model, variant):
     model = make_model(variant)
     weights = model.cross_attention(torch.tensor([[4, 5, 3, 0]]), torch.tensor([[2, 7, 8]]))

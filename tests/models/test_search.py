@@ -60,7 +60,9 @@ def test_wide_beam_finds_the_exact_best_sequence(make_model, variant, alpha):
         for length in range(4):
             for prefix in itertools.product(words, repeat=length):
                 output = [*prefix, EOS_ID]
-                score = _sequence_log_prob(model, src, output) / gnmt_length_penalty(length + 1, alpha)
+                score = _sequence_log_prob(model, src, output) / gnmt_length_penalty(
+                    length + 1, alpha
+                )
                 if score > best_score:
                     best_score, best_tokens = score, list(prefix)
     # A beam this wide keeps every candidate: at most 4**2 live prefixes times 5 continuations.
@@ -99,7 +101,9 @@ def test_search_restores_the_training_mode(make_model, search):
 def test_returned_attention_has_one_row_per_output_step(make_model, pad_batch, search):
     model = make_model("lstm-additive", seed=2)
     src = pad_batch(SENTENCES)
-    for sentence, hypothesis in zip(SENTENCES, search(model, src, max_len_margin=3, return_attention=True), strict=True):
+    for sentence, hypothesis in zip(
+        SENTENCES, search(model, src, max_len_margin=3, return_attention=True), strict=True
+    ):
         attention = hypothesis.attention
         assert attention.shape == (len(hypothesis.tokens) + 1, src.size(1))
         torch.testing.assert_close(attention.sum(-1), torch.ones(attention.size(0)))
@@ -108,7 +112,9 @@ def test_returned_attention_has_one_row_per_output_step(make_model, pad_batch, s
 
 def test_no_attention_for_the_bottleneck_model(make_model):
     model = make_model("lstm-none")
-    (hypothesis,) = beam_search(model, torch.tensor([[4, 5, 3]]), max_len_margin=3, return_attention=True)
+    (hypothesis,) = beam_search(
+        model, torch.tensor([[4, 5, 3]]), max_len_margin=3, return_attention=True
+    )
     assert hypothesis.attention is None
 
 

@@ -13,7 +13,9 @@ def test_forward_shape_and_interface(make_model, pad_batch, variant):
     assert isinstance(model, Seq2Seq)
     logits = model(pad_batch(SRC), torch.tensor(TGT_IN))
     assert logits.shape == (2, 5, 20)
-    torch.testing.assert_close(logits, model.decode(torch.tensor(TGT_IN), model.encode(pad_batch(SRC))))
+    torch.testing.assert_close(
+        logits, model.decode(torch.tensor(TGT_IN), model.encode(pad_batch(SRC)))
+    )
 
 
 def test_decode_step_equals_full_decode(make_model, pad_batch, variant):
@@ -37,7 +39,9 @@ def test_decoder_is_causal(make_model, pad_batch, variant):
     original = model(src, tgt_in)
     for t in range(1, tgt_in.size(1)):
         changed = tgt_in.clone()
-        changed[:, t:] = torch.randint(4, 20, changed[:, t:].shape, generator=torch.Generator().manual_seed(t))
+        changed[:, t:] = torch.randint(
+            4, 20, changed[:, t:].shape, generator=torch.Generator().manual_seed(t)
+        )
         logits = model(src, changed)
         torch.testing.assert_close(logits[:, :t], original[:, :t], atol=1e-5, rtol=1e-4)
         assert (logits[:, t:] - original[:, t:]).abs().max() > 1e-4

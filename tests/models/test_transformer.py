@@ -83,8 +83,15 @@ def test_bad_values_name_the_field(values, key):
 
 def test_untied_model_with_separate_vocabularies(make_model):
     torch.manual_seed(0)
-    config = {"family": "transformer", "d_model": 16, "n_heads": 2, "d_ff": 32,
-              "encoder_layers": 1, "decoder_layers": 1, "tie_embeddings": False}
+    config = {
+        "family": "transformer",
+        "d_model": 16,
+        "n_heads": 2,
+        "d_ff": 32,
+        "encoder_layers": 1,
+        "decoder_layers": 1,
+        "tie_embeddings": False,
+    }
     model = build_model(config, src_vocab_size=11, tgt_vocab_size=13)
     assert model(torch.tensor([[4, 5, 3]]), torch.tensor([[2, 6]])).shape == (1, 2, 13)
     with pytest.raises(ConfigError, match="tie_embeddings: requires a joint vocabulary"):

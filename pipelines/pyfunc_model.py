@@ -1,0 +1,176 @@
+"""The exported translator as an MLflow pyfunc model: source sentences in, translations out.
+
+The exported folder (``model.safetensors``, ``config.json``, ``tokenizer/``) travels as the model's
+artifact ``model_dir``; the code that reads it (``models/`` and the few ``pipelines`` modules the
+:class:`~pipelines.translator.Translator` needs) travels as ``code_paths``. Each loaded model
+imports that code afresh from its own copy, so a champion and a challenger logged from different
+commits can be loaded side by side in one process without sharing a cached module (mlflow#12471).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import pandas as pd
+
+MODEL_DIR_KEY = "model_dir"
+INPUT_COLUMN = "source"
+CODE_PACKAGES = ("models", "pipelines")
+# The pipelines modules a Translator needs at inference time; the rest stay out of the model.
+PIPELINES_MODULES = ("__init__.py", "errors.py", "vocab.py", "translator.py", "pyfunc_model.py")
+# Decoding settings a caller may pass as pyfunc `params`; the values are the defaults.
+DEFAULT_PARAMS: dict[str, Any] = {
+    "beam_size": 5,
+    "length_penalty": 0.6,
+    "max_len_margin": 50,
+    "batch_size": 64,
+}
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def sentences_from(model_input: Any) -> list[str]:
+    """The source sentences of a DataFrame (column ``source``), Series, array, list or string."""
+    if isinstance(model_input, pd.DataFrame):
+        if INPUT_COLUMN in model_input.columns:
+            values = model_input[INPUT_COLUMN]
+        elif len(model_input.columns) == 1:
+            values = model_input.iloc[:, 0]
+        else:
+            raise ValueError(
+                f"expected a column {INPUT_COLUMN!r}, got columns {list(model_input.columns)}"
+            )
+        sentences = values.tolist()
+    elif isinstance(model_input, str):
+        sentences = [model_input]
+    elif hasattr(model_input, "tolist"):  # Series, numpy array
+        sentences = model_input.tolist()
+    else:
+        sentences = list(model_input)
+    for number, sentence in enumerate(sentences):
+        if not isinstance(sentence, str):
+            raise ValueError(
+                f"input row {number}: expected a string, got {type(sentence).__name__}"
+            )
+    return sentences
+
+
+@contextmanager
+def own_code(code_dir: Path) -> Iterator[None]:
+    """Import ``models``/``pipelines`` from `code_dir` rather than from modules already imported.
+
+    MLflow only prepends a model's code folder to ``sys.path``; a package of the same name that is
+    already in ``sys.modules`` (the caller's, or another model's) would silently be reused. The
+    previously imported modules are put back afterwards; the objects built inside keep the code
+    they were built with.
+    """
+    if not all((code_dir / package).is_dir() for package in CODE_PACKAGES):
+        yield
+        return
+
+    def ours(name: str) -> bool:
+        return name.split(".", 1)[0] in CODE_PACKAGES
+
+    saved = {name: module for name, module in sys.modules.items() if ours(name)}
+    for name in saved:
+        del sys.modules[name]
+    sys.path.insert(0, str(code_dir))
+    importlib.invalidate_caches()
+    try:
+        yield
+    finally:
+        sys.path.remove(str(code_dir))
+        for name in [name for name in sys.modules if ours(name)]:
+            del sys.modules[name]
+        sys.modules.update(saved)
+
+
+class TranslatorModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper of :class:`~pipelines.translator.Translator` (weights via safetensors)."""
+
+    def load_context(self, context) -> None:
+        model_dir = Path(context.artifacts[MODEL_DIR_KEY])
+        device = (context.model_config or {}).get("device", "cpu")
+        # A logged model is laid out as <model>/artifacts/<folder> beside <model>/code/.
+        with own_code(model_dir.parents[1] / "code"):
+            translator = importlib.import_module("pipelines.translator")
+            self.translator = translator.Translator.load(model_dir, device=device)
+
+    def predict(
+        self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> list[str]:
+        settings = {**DEFAULT_PARAMS, **(params or {})}
+        return self.translator.translate(
+            sentences_from(model_input),
+            beam_size=int(settings["beam_size"]),
+            length_penalty=float(settings["length_penalty"]),
+            max_len_margin=int(settings["max_len_margin"]),
+            batch_size=int(settings["batch_size"]),
+        )
+
+
+def stage_code(folder: Path) -> list[str]:
+    """Copy ``models/`` and the needed ``pipelines`` modules into `folder`; return code_paths."""
+    models = folder / "models"
+    shutil.copytree(
+        PROJECT_ROOT / "models", models, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
+    pipelines = folder / "pipelines"
+    pipelines.mkdir()
+    for name in PIPELINES_MODULES:
+        shutil.copy2(PROJECT_ROOT / "pipelines" / name, pipelines / name)
+    return [str(models), str(pipelines)]
+
+
+def code_digest(code_paths: list[str]) -> str:
+    """sha256 over the staged code files, recorded with the model to tell code versions apart."""
+    digest = hashlib.sha256()
+    for root in map(Path, code_paths):
+        for path in sorted(root.rglob("*.py")):
+            digest.update(f"{root.name}/{path.relative_to(root)}".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def pip_requirements() -> list[str]:
+    """Pinned to what is running, so MLflow need not infer them in a subprocess."""
+    from importlib.metadata import version
+
+    torch_version = version("torch").split("+", 1)[0]
+    packages = ("sentencepiece", "safetensors", "pandas", "numpy")
+    return [f"torch=={torch_version}", *(f"{name}=={version(name)}" for name in packages)]
+
+
+def log_pyfunc_model(
+    model_dir: Path, name: str, input_example: list[str], metadata: dict[str, Any] | None = None
+):
+    """Log `model_dir` as a pyfunc model into the active run; returns MLflow's ModelInfo."""
+    import tempfile
+
+    from mlflow.models import infer_signature
+
+    from pipelines.translator import Translator
+
+    # An unnamed string column: a list, a Series or a one-column DataFrame all pass MLflow's
+    # schema check (a named column would turn a plain list away before predict sees it).
+    outputs = Translator.load(model_dir).translate(input_example, beam_size=1, max_len_margin=10)
+    signature = infer_signature(input_example, outputs, params=DEFAULT_PARAMS)
+    with tempfile.TemporaryDirectory() as staging:
+        code_paths = stage_code(Path(staging))
+        return mlflow.pyfunc.log_model(
+            name=name,
+            python_model=TranslatorModel(),
+            artifacts={MODEL_DIR_KEY: str(model_dir)},
+            code_paths=code_paths,
+            signature=signature,
+            input_example=input_example,
+            pip_requirements=pip_requirements(),
+            metadata={"code_sha256": code_digest(code_paths), **(metadata or {})},
+        )

@@ -1,0 +1,251 @@
+"""The MLflow model registry: register translators, move the `champion` alias, fetch one back.
+
+A version is the pyfunc model of :mod:`pipelines.pyfunc_model`, logged into the architecture's run.
+Aliases, not the deprecated stages, mark the model in use (mlflow#10336). Every promotion tags the
+new champion with the previous champion, the score delta and the time, and the old one with when
+and by whom it was replaced, so the registry keeps a history of who was champion when (mlflow#2169).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pipelines import tracking
+from pipelines.errors import PipelineError
+
+log = logging.getLogger("nmt.registry")
+
+CHAMPION = "champion"
+LOGGED_MODEL_NAME = "translator"  # the model's name inside its run: runs:/<run_id>/translator
+SHA_TAG = "nmt.model_sha256"
+DEFAULT_EXAMPLE = ["A man is riding a bicycle.", "Two dogs play in the snow."]
+
+
+@dataclass
+class Promotion:
+    """The outcome of one registration: the version, its score and whether it became champion."""
+
+    version: str
+    score: float | None
+    previous_version: str | None
+    previous_score: float | None
+    promoted: bool
+    reason: str
+
+
+def _client(client=None):
+    return client if client is not None else tracking.connect()
+
+
+def model_sha256(model_dir: Path) -> str:
+    """Identifies exported weights: the same folder is registered once, however often asked."""
+    digest = hashlib.sha256()
+    with open(model_dir / "model.safetensors", "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def log_and_register(
+    run_id: str,
+    model_dir: str | Path,
+    registered_name: str,
+    *,
+    input_example: list[str] | None = None,
+    client=None,
+) -> str:
+    """Log `model_dir` as a pyfunc model into run `run_id` and register it; returns the version.
+
+    A version of the same weights from the same run is reused rather than registered again, so a
+    rerun of the compare stage does not pile up identical versions.
+    """
+    import mlflow
+
+    from pipelines.pyfunc_model import log_pyfunc_model
+
+    client = _client(client)
+    model_dir = Path(model_dir)
+    sha = model_sha256(model_dir)
+    for existing in client.search_model_versions(
+        f"name = '{registered_name}' and run_id = '{run_id}'"
+    ):
+        if existing.tags.get(SHA_TAG) == sha:
+            log.info("%s version %s already holds %s", registered_name, existing.version, model_dir)
+            return existing.version
+    run = client.get_run(run_id)
+    tags = {
+        SHA_TAG: sha,
+        tracking.ARCH_TAG: run.data.tags.get(tracking.ARCH_TAG, ""),
+        "git.commit": run.data.tags.get("git.commit", ""),
+        "nmt.parent_run_id": run.data.tags.get("mlflow.parentRunId", ""),
+    }
+    mlflow.set_tracking_uri(client.tracking_uri)
+    # Reopening the finished run only to attach the model; leaving the block finishes it again.
+    with mlflow.start_run(run_id=run_id):
+        info = log_pyfunc_model(
+            model_dir, LOGGED_MODEL_NAME, input_example or DEFAULT_EXAMPLE, metadata={SHA_TAG: sha}
+        )
+    version = mlflow.register_model(info.model_uri, registered_name, tags=tags)
+    client.update_model_version(
+        registered_name, version.version, description=f"{tags[tracking.ARCH_TAG]} from run {run_id}"
+    )
+    log.info("registered %s version %s from run %s", registered_name, version.version, run_id)
+    return version.version
+
+
+def version_score(registered_name: str, version: str, split: str, *, client=None) -> float | None:
+    """BLEU of a version on `split`: the test metric of the run it was logged from."""
+    client = _client(client)
+    run_id = client.get_model_version(registered_name, version).run_id
+    return client.get_run(run_id).data.metrics.get(f"test/{split}/bleu")
+
+
+def champion_version(registered_name: str, *, client=None) -> str | None:
+    """The version the `champion` alias points at, or None when there is none (or no model)."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(client)
+    try:
+        return client.get_model_version_by_alias(registered_name, CHAMPION).version
+    except MlflowException:
+        return None
+
+
+def champion_score(registered_name: str, split: str, *, client=None) -> float | None:
+    """The champion's BLEU on `split`, or None when there is no champion yet."""
+    client = _client(client)
+    version = champion_version(registered_name, client=client)
+    return (
+        None if version is None else version_score(registered_name, version, split, client=client)
+    )
+
+
+def decide_promotion(
+    candidate: float | None, champion: float | None, margin: float = 0.0
+) -> tuple[bool, str]:
+    """The promotion policy, in one place: promote when there is no champion or it is beaten."""
+    if candidate is None:
+        return False, "the candidate has no score"
+    if champion is None:
+        return True, "no champion yet"
+    if candidate > champion + margin:
+        return True, f"BLEU {candidate:.2f} > champion {champion:.2f} + margin {margin:.2f}"
+    return (
+        False,
+        f"BLEU {candidate:.2f} does not beat champion {champion:.2f} + margin {margin:.2f}",
+    )
+
+
+def set_champion(
+    registered_name: str, version: str, split: str, *, reason: str = "", client=None
+) -> dict[str, Any]:
+    """Point `champion` at `version`, recording the previous champion, the delta and the time."""
+    client = _client(client)
+    previous = champion_version(registered_name, client=client)
+    score = version_score(registered_name, version, split, client=client)
+    record: dict[str, Any] = {"version": version, "score": score, "previous_version": previous}
+    if previous == version:
+        return record | {"changed": False}
+    previous_score = (
+        None if previous is None else version_score(registered_name, previous, split, client=client)
+    )
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    delta = None if score is None or previous_score is None else round(score - previous_score, 4)
+    tags = {
+        "champion.promoted_at": now,
+        "champion.previous_version": previous or "none",
+        "champion.previous_score": "" if previous_score is None else str(previous_score),
+        "champion.score": "" if score is None else str(score),
+        "champion.score_delta": "" if delta is None else str(delta),
+        "champion.split": split,
+        "champion.reason": reason,
+    }
+    client.set_registered_model_alias(registered_name, CHAMPION, version)
+    for key, value in tags.items():
+        client.set_model_version_tag(registered_name, version, key, value)
+    if previous is not None:
+        client.set_model_version_tag(registered_name, previous, "champion.demoted_at", now)
+        client.set_model_version_tag(registered_name, previous, "champion.succeeded_by", version)
+    log.info(
+        "%s@%s: version %s (was %s, delta %s)", registered_name, CHAMPION, version, previous, delta
+    )
+    return record | {"previous_score": previous_score, "delta": delta, "at": now, "changed": True}
+
+
+def champion_history(registered_name: str, *, client=None) -> list[dict[str, str]]:
+    """Every version that was ever champion, oldest promotion first, from the version tags."""
+    client = _client(client)
+    history = []
+    for version in client.search_model_versions(f"name = '{registered_name}'"):
+        if "champion.promoted_at" not in version.tags:
+            continue
+        entry = {"version": version.version}
+        entry.update(
+            {
+                k.removeprefix("champion."): v
+                for k, v in version.tags.items()
+                if k.startswith("champion.")
+            }
+        )
+        history.append(entry)
+    return sorted(history, key=lambda entry: (entry["promoted_at"], int(entry["version"])))
+
+
+def register_and_promote(
+    run_id: str,
+    model_dir: str | Path,
+    registered_name: str,
+    split: str,
+    *,
+    margin: float = 0.0,
+    input_example: list[str] | None = None,
+    client=None,
+) -> Promotion:
+    """Register the model of `run_id`, then make it champion if :func:`decide_promotion` says so."""
+    client = _client(client)
+    version = log_and_register(
+        run_id, model_dir, registered_name, input_example=input_example, client=client
+    )
+    score = version_score(registered_name, version, split, client=client)
+    previous = champion_version(registered_name, client=client)
+    if previous == version:
+        return Promotion(version, score, previous, score, False, "already champion")
+    previous_score = (
+        None if previous is None else version_score(registered_name, previous, split, client=client)
+    )
+    promote, reason = decide_promotion(score, previous_score, margin)
+    if promote:
+        set_champion(registered_name, version, split, reason=reason, client=client)
+    log.info("%s version %s: %s%s", registered_name, version, reason, "" if promote else " (kept)")
+    return Promotion(version, score, previous, previous_score, promote, reason)
+
+
+def download_model_folder(uri: str, dst_path: str | Path | None = None) -> Path:
+    """The exported model folder inside a registered or logged pyfunc model, downloaded locally.
+
+    `uri` is ``models:/<name>@<alias>``, ``models:/<name>/<version>`` or
+    ``runs:/<run_id>/translator``; the tracking URI must already be set (``tracking.connect()``).
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    from pipelines.pyfunc_model import MODEL_DIR_KEY
+
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst_path))
+    except (MlflowException, OSError) as err:
+        message = str(getattr(err, "message", err)).splitlines()[0]
+        raise PipelineError(f"{uri}: cannot be fetched from the MLflow store ({message})") from err
+    try:
+        flavor = Model.load(local).flavors["python_function"]
+        folder = local / flavor["artifacts"][MODEL_DIR_KEY]["path"]
+    except (MlflowException, OSError, KeyError) as err:
+        raise PipelineError(f"{uri}: not a translator logged by pipelines.registry") from err
+    log.info("%s: exported model folder %s", uri, folder)
+    return folder

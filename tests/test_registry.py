@@ -1,0 +1,377 @@
+"""MLflow as the place to compare: lineage of every run, the registry and the `champion` alias."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import uuid
+
+import pandas as pd
+import pytest
+
+from pipelines import pyfunc_model, registry
+from pipelines.errors import PipelineError
+from tests.pipeline_helpers import SHARED, git
+
+HEX40 = re.compile(r"^[0-9a-f]{40}$")
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+ATTENTION_ARCHS = {"transformer", "lstm_additive", "lstm_multiplicative", "gru"}
+
+
+# --- pure logic --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("candidate", "champion", "margin", "promote"),
+    [
+        (10.0, None, 0.0, True),  # no champion yet
+        (10.1, 10.0, 0.0, True),
+        (10.0, 10.0, 0.0, False),  # a tie keeps the champion
+        (9.0, 10.0, 0.0, False),
+        (10.4, 10.0, 0.5, False),  # within the noise margin
+        (10.6, 10.0, 0.5, True),
+        (None, 10.0, 0.0, False),
+    ],
+)
+def test_promotion_policy(candidate, champion, margin, promote):
+    decided, reason = registry.decide_promotion(candidate, champion, margin)
+    assert decided is promote and reason
+
+
+def test_pyfunc_input_accepts_dataframe_series_list_and_string():
+    sentences = ["A cat.", "Two dogs."]
+    assert pyfunc_model.sentences_from(pd.DataFrame({"source": sentences})) == sentences
+    assert pyfunc_model.sentences_from(pd.DataFrame({"text": sentences})) == sentences
+    assert pyfunc_model.sentences_from(pd.Series(sentences)) == sentences
+    assert pyfunc_model.sentences_from(sentences) == sentences
+    assert pyfunc_model.sentences_from("A cat.") == ["A cat."]
+    with pytest.raises(ValueError, match="column 'source'"):
+        pyfunc_model.sentences_from(pd.DataFrame({"a": sentences, "b": sentences}))
+    with pytest.raises(ValueError, match="row 1: expected a string"):
+        pyfunc_model.sentences_from(["A cat.", 3])
+
+
+def test_staged_code_is_only_what_a_translator_needs(tmp_path):
+    code_paths = pyfunc_model.stage_code(tmp_path)
+    pipelines = sorted(p.name for p in (tmp_path / "pipelines").iterdir())
+    assert pipelines == sorted(pyfunc_model.PIPELINES_MODULES)
+    assert (tmp_path / "models" / "search.py").exists()
+    assert not list(tmp_path.rglob("__pycache__"))
+    assert HEX64.match(pyfunc_model.code_digest(code_paths))
+
+
+# --- on the tiny pipeline's store --------------------------------------------------------------
+
+pytestmark_pipeline = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (SHARED / "dvc-remote").exists(),
+        reason="../shared/dvc-remote is not beside the checkout",
+    ),
+]
+
+
+def on_pipeline(test):
+    for mark in pytestmark_pipeline:
+        test = mark(test)
+    return test
+
+
+@pytest.fixture(scope="module")
+def store(tiny_pipeline):
+    """A client on the tiny pipeline's store, also set as MLflow's tracking URI for this module."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    db = tiny_pipeline.repo / "mlruns" / "mlflow.db"
+    assert db.exists(), "the pipeline must write the SQLite store under mlruns/"
+    uri = f"sqlite:///{db}"
+    previous = mlflow.get_tracking_uri()
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    yield MlflowClient(tracking_uri=uri)
+    mlflow.set_tracking_uri(previous)
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def arch_runs(tiny_pipeline, store):
+    experiment = store.get_experiment_by_name("multi30k-en-de")
+    runs = store.search_runs([experiment.experiment_id])
+    return {run.info.run_name: run for run in runs if "architecture" in run.data.tags}
+
+
+def source_sentences(repo, count: int) -> list[str]:
+    with open(repo / "data" / "prepared" / "test_2016_flickr.jsonl", encoding="utf-8") as handle:
+        return [json.loads(line)["src"] for line in itertools.islice(handle, count)]
+
+
+@on_pipeline
+def test_every_architecture_run_carries_its_lineage(tiny_pipeline, store, arch_runs):
+    from pipelines.params import load_params
+
+    repo = tiny_pipeline.repo
+    params = load_params(repo / "params.yaml")
+    flat = params.flat()
+    head = git(repo, "rev-parse", "HEAD").strip()
+    data_md5 = (repo / "data" / "multi30k.dvc").read_text().split("md5: ")[1].split()[0]
+    for arch in params.architectures:
+        run = arch_runs[arch]
+        assert run.info.status == "FINISHED"
+        tags = run.data.tags
+        assert tags["architecture"] == arch
+        assert tags["git.commit"] == head and HEX40.match(tags["git.commit"])
+        assert tags["git.dirty"] in ("true", "false")
+        assert tags["dvc.data_hash"] == data_md5
+        assert HEX64.match(tags["dvc.lock_sha256"])
+        for key in ("version.python", "version.torch", "version.lightning", "device"):
+            assert tags[key], key
+        assert tags["sacrebleu.signature"].startswith("nrefs:1|case:mixed")
+        assert tags["mlflow.parentRunId"]
+        # Every param, flattened, is on the run (lists as JSON).
+        logged = run.data.params
+        assert set(flat) <= set(logged), sorted(set(flat) - set(logged))[:5]
+        assert logged["seed"] == str(params.seed) and logged["arch"] == arch
+        assert json.loads(logged["data.test_splits"]) == params.data.test_splits
+        # The splits it saw, as dataset inputs with their roles.
+        inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+        assert set(inputs) >= {"train", "validation", *params.data.test_splits}
+        roles = {
+            name: {t.value for t in d.tags if t.key == "mlflow.data.context"}
+            for name, d in inputs.items()
+        }
+        assert roles["train"] == {"train"} and roles[params.data.test_splits[0]] == {"test"}
+        # BLEU per test set and per source-length bucket.
+        metrics = run.data.metrics
+        assert "val/bleu" in metrics
+        for split in params.data.test_splits:
+            assert 0.0 <= metrics[f"test/{split}/bleu"] <= 100.0
+            assert f"test/{split}/chrf" in metrics
+            buckets = [k for k in metrics if k.startswith(f"test/{split}/bleu_len_")]
+            assert len(buckets) >= 2, buckets
+        # Artifacts: tokenizer, hypotheses, curve, attention heatmaps where there is attention.
+        listing = {
+            folder: [f.path for f in store.list_artifacts(run.info.run_id, folder)]
+            for folder in ("tokenizer", "hypotheses", "curves", "attention")
+        }
+        assert "tokenizer/spm.model" in listing["tokenizer"]
+        assert {f"hypotheses/{s}.txt" for s in params.data.test_splits} <= set(
+            listing["hypotheses"]
+        )
+        assert "curves/history.csv" in listing["curves"]
+        pngs = [p for p in listing["attention"] if p.endswith(".png")]
+        assert bool(pngs) == (arch in ATTENTION_ARCHS), (arch, pngs)
+
+
+@on_pipeline
+def test_parent_run_holds_the_report_and_the_registry_decision(tiny_pipeline, store, arch_runs):
+    parent_ids = {run.data.tags["mlflow.parentRunId"] for run in arch_runs.values()}
+    assert len(parent_ids) == 1
+    parent = store.get_run(parent_ids.pop())
+    assert parent.info.status == "FINISHED"
+    files = {f.path for f in store.list_artifacts(parent.info.run_id, "comparison")}
+    assert files == {
+        f"comparison/{name}"
+        for name in (
+            "comparison.md",
+            "comparison.csv",
+            "validation_curves.png",
+            "bleu_per_test_set.png",
+        )
+    }
+    assert (
+        parent.data.tags["registry.model"] == tiny_pipeline.params["tracking"]["registered_model"]
+    )
+    assert parent.data.tags["registry.version"]
+    for arch in tiny_pipeline.params["architectures"]:
+        assert f"{arch}/test_2016_flickr_bleu" in parent.data.metrics
+
+
+@pytest.fixture(scope="module")
+def champion(tiny_pipeline, store):
+    name = tiny_pipeline.params["tracking"]["registered_model"]
+    return store.get_model_version_by_alias(name, registry.CHAMPION)
+
+
+@on_pipeline
+def test_champion_is_the_best_architecture_on_the_primary_test_split(
+    tiny_pipeline, store, champion
+):
+    repo, params = tiny_pipeline.repo, tiny_pipeline.params
+    primary = params["data"]["test_splits"][0]
+    scores = {
+        arch: json.loads((repo / "metrics" / f"{arch}.json").read_text())[primary]["bleu"]
+        for arch in params["architectures"]
+    }
+    arch = champion.tags["architecture"]
+    assert scores[arch] == max(scores.values())  # ties: the champion may be any of the best
+    assert (
+        champion.run_id
+        == json.loads((repo / "artifacts" / arch / "training.json").read_text())["run_id"]
+    )
+    name = params["tracking"]["registered_model"]
+    assert registry.champion_score(name, primary, client=store) == pytest.approx(
+        scores[arch], abs=0.01
+    )
+    # Who was champion when: the promotion is recorded on the version.
+    tags = champion.tags
+    assert tags["champion.promoted_at"] and tags["champion.split"] == primary
+    assert "champion.previous_version" in tags and "champion.score_delta" in tags
+    assert tags[registry.SHA_TAG] == registry.model_sha256(repo / "artifacts" / arch)
+
+
+@on_pipeline
+def test_registering_the_same_model_again_reuses_its_version(tiny_pipeline, store, champion):
+    name = tiny_pipeline.params["tracking"]["registered_model"]
+    folder = tiny_pipeline.repo / "artifacts" / champion.tags["architecture"]
+    before = len(store.search_model_versions(f"name = '{name}'"))
+    assert (
+        registry.log_and_register(champion.run_id, folder, name, client=store) == champion.version
+    )
+    assert len(store.search_model_versions(f"name = '{name}'")) == before
+
+
+@on_pipeline
+def test_champion_alias_loads_with_pyfunc_and_translates(tiny_pipeline, store, champion):
+    import mlflow
+
+    from pipelines.translator import Translator
+
+    name = tiny_pipeline.params["tracking"]["registered_model"]
+    repo = tiny_pipeline.repo
+    sentences = source_sentences(repo, 8)
+    model = mlflow.pyfunc.load_model(f"models:/{name}@{registry.CHAMPION}")
+    expected = Translator.load(repo / "artifacts" / champion.tags["architecture"]).translate(
+        sentences
+    )
+    assert model.predict(sentences) == expected
+    assert model.predict(pd.DataFrame({"source": sentences})) == expected
+    assert model.predict(pd.Series(sentences)) == expected
+    fast = model.predict(sentences, params={"beam_size": 1})
+    assert fast == Translator.load(repo / "artifacts" / champion.tags["architecture"]).translate(
+        sentences, beam_size=1
+    )
+    signature = model.metadata.signature
+    assert [spec.type.name for spec in signature.inputs.inputs] == ["string"]
+    assert {p.name for p in signature.params} == set(pyfunc_model.DEFAULT_PARAMS)
+
+
+@on_pipeline
+def test_champion_and_challenger_load_side_by_side(tiny_pipeline, store, champion, arch_runs):
+    """Two models in one process each answer with their own weights (mlflow PR #12471)."""
+    import mlflow
+
+    from pipelines.translator import Translator
+
+    repo, name = tiny_pipeline.repo, tiny_pipeline.params["tracking"]["registered_model"]
+    challenger_arch = next(
+        a for a in tiny_pipeline.params["architectures"] if a != champion.tags["architecture"]
+    )
+    challenger = registry.log_and_register(
+        arch_runs[challenger_arch].info.run_id,
+        repo / "artifacts" / challenger_arch,
+        name,
+        client=store,
+    )
+    store.set_registered_model_alias(name, "challenger", challenger)
+    sentences = source_sentences(repo, 8)
+    expected = {
+        arch: Translator.load(repo / "artifacts" / arch).translate(sentences)
+        for arch in (champion.tags["architecture"], challenger_arch)
+    }
+    assert expected[champion.tags["architecture"]] != expected[challenger_arch], (
+        "need two different models"
+    )
+    first = mlflow.pyfunc.load_model(f"models:/{name}@{registry.CHAMPION}")
+    second = mlflow.pyfunc.load_model(f"models:/{name}@challenger")
+    assert second.predict(sentences) == expected[challenger_arch]
+    assert first.predict(sentences) == expected[champion.tags["architecture"]]
+    # The alias `champion` did not move: registering is not promoting.
+    assert store.get_model_version_by_alias(name, registry.CHAMPION).version == champion.version
+
+
+@on_pipeline
+def test_each_model_runs_its_own_logged_code(tiny_pipeline, champion, tmp_path):
+    """A model whose logged code differs from the code already imported still runs its own."""
+    import mlflow
+
+    folder = tiny_pipeline.repo / "artifacts" / champion.tags["architecture"]
+    staging = tmp_path / "code"
+    staging.mkdir()
+    code_paths = pyfunc_model.stage_code(staging)
+    translator_py = staging / "pipelines" / "translator.py"
+    source = translator_py.read_text()
+    assert "        return outputs\n" in source
+    translator_py.write_text(
+        source.replace("        return outputs\n", '        return ["patched"] * len(outputs)\n')
+    )
+    mlflow.pyfunc.save_model(
+        tmp_path / "patched",
+        python_model=pyfunc_model.TranslatorModel(),
+        artifacts={pyfunc_model.MODEL_DIR_KEY: str(folder)},
+        code_paths=code_paths,
+        pip_requirements=pyfunc_model.pip_requirements(),
+    )
+    name = tiny_pipeline.params["tracking"]["registered_model"]
+    patched = mlflow.pyfunc.load_model(str(tmp_path / "patched"))
+    original = mlflow.pyfunc.load_model(f"models:/{name}@{registry.CHAMPION}")
+    sentences = source_sentences(tiny_pipeline.repo, 3)
+    assert patched.predict(sentences) == ["patched"] * 3
+    assert original.predict(sentences) != ["patched"] * 3
+    import pipelines.translator  # the caller's own modules are back in place
+
+    assert pipelines.translator.__file__.startswith(str(pyfunc_model.PROJECT_ROOT))
+
+
+@on_pipeline
+def test_promotions_keep_a_history(tiny_pipeline, store, champion, arch_runs):
+    """Tags on each version say who was champion when, with the previous one and the delta."""
+    name = f"history-test-{uuid.uuid4().hex[:8]}"
+    store.create_registered_model(name)
+    archs = tiny_pipeline.params["architectures"]
+    versions = [
+        store.create_model_version(
+            name, champion.source, run_id=arch_runs[arch].info.run_id
+        ).version
+        for arch in archs[:2]
+    ]
+    primary = tiny_pipeline.params["data"]["test_splits"][0]
+    first = registry.set_champion(name, versions[0], primary, reason="first", client=store)
+    assert first["changed"] and first["previous_version"] is None
+    again = registry.set_champion(name, versions[0], primary, client=store)
+    assert again["changed"] is False
+    second = registry.set_champion(name, versions[1], primary, reason="second", client=store)
+    scores = [arch_runs[arch].data.metrics[f"test/{primary}/bleu"] for arch in archs[:2]]
+    assert second["previous_version"] == versions[0]
+    assert second["delta"] == pytest.approx(scores[1] - scores[0], abs=1e-3)
+    assert registry.champion_version(name, client=store) == versions[1]
+    old = store.get_model_version(name, versions[0]).tags
+    assert old["champion.succeeded_by"] == versions[1] and old["champion.demoted_at"]
+    history = registry.champion_history(name, client=store)
+    assert [entry["version"] for entry in history] == versions
+    assert history[1]["previous_version"] == versions[0] and history[1]["reason"] == "second"
+
+
+@on_pipeline
+def test_download_model_folder_gives_the_exported_folder(tiny_pipeline, store, champion, tmp_path):
+    name = tiny_pipeline.params["tracking"]["registered_model"]
+    arch = champion.tags["architecture"]
+    expected = registry.model_sha256(tiny_pipeline.repo / "artifacts" / arch)
+    for uri in (
+        f"models:/{name}@{registry.CHAMPION}",
+        f"models:/{name}/{champion.version}",
+        f"runs:/{champion.run_id}/{registry.LOGGED_MODEL_NAME}",
+    ):
+        folder = registry.download_model_folder(
+            uri, tmp_path / uri.replace(":", "_").replace("/", "_")
+        )
+        assert {p.name for p in folder.iterdir()} >= {
+            "model.safetensors",
+            "config.json",
+            "tokenizer",
+        }
+        assert registry.model_sha256(folder) == expected, uri
+    with pytest.raises(PipelineError, match="no-such-model"):
+        registry.download_model_folder("models:/no-such-model@champion", tmp_path / "none")

@@ -1,0 +1,222 @@
+"""Killed runs resume, divergence stops cleanly, bad params and dead tracking servers fail fast."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from pipelines.params import load_params
+from tests.training_helpers import (
+    clone_workspace,
+    make_workspace,
+    stage_cmd,
+    workspace_env,
+    workspace_params,
+)
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    params = workspace_params(models={"transformer": {"optim": {"max_epochs": EPOCHS}}})
+    return make_workspace(tmp_path_factory.mktemp("reliability") / "base", params)
+
+
+def final_metrics(workspace: Path) -> list[dict]:
+    lines = (workspace / "logs" / "transformer" / "history.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    rows = [dict(zip(header, line.split(","), strict=True)) for line in lines[1:]]
+    return [{k: v for k, v in row.items() if k in ("epoch", "step", "val_loss", "val_bleu")} for row in rows]
+
+
+def runs(workspace: Path):
+    client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("multi30k_tiny-en-de")
+    return client.search_runs([experiment.experiment_id], filter_string="tags.architecture = 'transformer'")
+
+
+def run_until_checkpoint_then_kill(workspace: Path, wait_for: str) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.train", "--arch", "transformer"],
+        cwd=workspace,
+        env=workspace_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    marker = workspace / wait_for
+    deadline = time.monotonic() + 300
+    while not marker.exists():
+        assert process.poll() is None, "training ended before the checkpoint appeared"
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def test_killed_training_resumes_and_matches_an_uninterrupted_run(workspace, tmp_path):
+    reference = clone_workspace(workspace, tmp_path / "reference")
+    stage_cmd(reference, "train", "--arch", "transformer")
+
+    killed = clone_workspace(workspace, tmp_path / "killed")
+    run_until_checkpoint_then_kill(killed, "checkpoints/transformer/last.ckpt")
+    resumed = stage_cmd(killed, "train", "--arch", "transformer")
+    assert "resuming transformer from checkpoints/transformer/last.ckpt" in resumed.stderr
+
+    # Deterministic on CPU: the resumed run reproduces the uninterrupted one exactly.
+    assert final_metrics(killed) == final_metrics(reference)
+    killed_state = torch.load(killed / "checkpoints/transformer/last.ckpt", weights_only=True)
+    reference_state = torch.load(reference / "checkpoints/transformer/last.ckpt", weights_only=True)
+    for name, tensor in reference_state["state_dict"].items():
+        assert torch.equal(killed_state["state_dict"][name], tensor), name
+    # One MLflow run, continued, and nothing left RUNNING.
+    summary = json.loads((killed / "artifacts" / "transformer" / "training.json").read_text())
+    assert summary["epochs"] == EPOCHS
+    assert [(run.info.run_id, run.info.status) for run in runs(killed)] == [
+        (summary["run_id"], "FINISHED")
+    ]
+
+
+def test_kill_between_temporary_write_and_rename_keeps_the_previous_checkpoint(workspace, tmp_path):
+    killed = clone_workspace(workspace, tmp_path / "killed")
+    # Kill the process inside the second save of last.ckpt, after the temporary file is written.
+    driver = textwrap.dedent(
+        """
+        import os, signal, sys
+        import pipelines.train as train
+        saves = []
+        real_replace = os.replace
+        def replace(src, dst):
+            if str(dst).endswith("last.ckpt"):
+                saves.append(dst)
+                if len(saves) == 2:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return real_replace(src, dst)
+        train.os.replace = replace
+        train.main(["--arch", "transformer"])
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", driver], cwd=killed, env=workspace_env(), capture_output=True
+    )
+    assert done.returncode == -signal.SIGKILL
+    ckpt_dir = killed / "checkpoints" / "transformer"
+    assert (ckpt_dir / ".last.ckpt.tmp").exists(), "the kill must land after the temporary write"
+    state = torch.load(ckpt_dir / "last.ckpt", weights_only=True)
+    assert state["epoch"] == 0  # the first, complete save
+    resumed = stage_cmd(killed, "train", "--arch", "transformer")
+    assert "resuming transformer" in resumed.stderr
+    assert len(final_metrics(killed)) == EPOCHS
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(workspace, tmp_path):
+    diverging = clone_workspace(workspace, tmp_path / "nan")
+    driver = textwrap.dedent(
+        """
+        import torch
+        import pipelines.lit_module as lit
+        real = lit.label_smoothed_nll
+        def poisoned(logits, target, smoothing):
+            smoothed, nll = real(logits, target, smoothing)
+            if torch.is_grad_enabled() and poisoned.calls >= poisoned.after:
+                smoothed = smoothed * float("nan")
+            poisoned.calls += torch.is_grad_enabled()
+            return smoothed, nll
+        poisoned.calls, poisoned.after = 0, STEPS
+        lit.label_smoothed_nll = poisoned
+        from pipelines.train import main
+        main(["--arch", "transformer"])
+        """
+    )
+    # Poison the first step of the second epoch: one good epoch (and checkpoint) exists by then.
+    steps_per_epoch = _steps_per_epoch(workspace)
+    done = subprocess.run(
+        [sys.executable, "-c", driver.replace("STEPS", str(steps_per_epoch))],
+        cwd=diverging,
+        env=workspace_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    last_line = done.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: transformer: training loss is nan at step")
+    assert "Traceback" not in done.stderr
+    state = torch.load(diverging / "checkpoints/transformer/last.ckpt", weights_only=True)
+    assert state["epoch"] == 0
+    assert all(torch.isfinite(t).all() for t in state["state_dict"].values())
+    assert [run.info.status for run in runs(diverging)] == ["FAILED"]
+
+
+def _steps_per_epoch(workspace: Path) -> int:
+    from pipelines.batching import TokenBucketBatchSampler
+    from pipelines.tokenizer import load_split
+
+    params = load_params(workspace / "params.yaml")
+    split = load_split(workspace / "data" / "tokenized", "train")
+    sampler = TokenBucketBatchSampler(
+        split.src_lengths, split.tgt_lengths, params.train.batch_tokens, num_replicas=1, rank=0
+    )
+    return len(sampler)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_tracking_server_fails_in_seconds_before_training(workspace, tmp_path):
+    dead = clone_workspace(workspace, tmp_path / "dead")
+    env = workspace_env() | {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
+    started = time.monotonic()
+    done = stage_cmd(dead, "train", "--arch", "transformer", check=False, env=env)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 2
+    assert "does not answer" in done.stderr and "Traceback" not in done.stderr
+    assert elapsed < 30
+    assert not (dead / "checkpoints" / "transformer" / "last.ckpt").exists()
+
+
+BAD_PARAMS = [
+    ({"models": {"transformer": {"model": {"n_heads": 3}}}}, "models.transformer.model.n_heads"),
+    ({"evaluate": {"beam_size": 0}}, "evaluate.beam_size"),
+    ({"models": {"transformer": {"model": {"dropout": -0.1}}}}, "models.transformer.model.dropout"),
+    ({"train": {"batch_tokenz": 10}}, "train.batch_tokenz: unknown key"),
+    ({"train": {"batch_tokens": "many"}}, "train.batch_tokens: expected an integer"),
+    ({"data": {"test_splits": []}}, "data.test_splits"),
+]
+
+
+@pytest.mark.parametrize(("override", "named"), BAD_PARAMS)
+def test_bad_params_are_rejected_before_any_work_naming_the_key(workspace, tmp_path, override, named):
+    from tests.pipeline_helpers import deep_update
+
+    params = deep_update(yaml.safe_load((workspace / "params.yaml").read_text()), override)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    done = stage_cmd(tmp_path, "train", "--arch", "transformer", check=False)
+    assert done.returncode == 2
+    assert named in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "checkpoints").exists()
+
+
+def test_missing_test_split_is_named_before_loading(workspace, tmp_path):
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["data"]["test_splits"] = ["test_2016_flickr", "test_2099"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    done = stage_cmd(tmp_path, "prepare", check=False)
+    assert done.returncode == 2 and "test_2099" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "data" / "prepared").exists()

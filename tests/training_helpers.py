@@ -1,0 +1,64 @@
+"""A tiny training workspace: prepared and tokenized fixture data plus a params file."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.pipeline_helpers import REPO, deep_update, project_env, tiny_params
+
+FIXTURE_CORPUS = REPO / "tests" / "fixtures" / "multi30k_tiny"
+
+
+def workspace_params(**extra: Any) -> dict[str, Any]:
+    """The tiny profile on the committed 300-pair fixture corpus, transformer only."""
+    params = tiny_params()
+    params["architectures"] = ["transformer"]
+    params["data"].update(dataset=str(FIXTURE_CORPUS), max_train_pairs=0)
+    params["tokenizer"]["vocab_size"] = 200
+    params["train"]["log_every_n_steps"] = 1
+    return deep_update(params, extra)
+
+
+def make_workspace(path: Path, params: dict[str, Any]) -> Path:
+    """Write params.yaml and run the real prepare and tokenizer stages in `path`."""
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for stage in ("prepare", "tokenizer"):
+        stage_cmd(path, stage)
+    return path
+
+
+def clone_workspace(source: Path, target: Path) -> Path:
+    """A copy with the same data and params but no training outputs or tracking store."""
+    target.mkdir(parents=True)
+    shutil.copy2(source / "params.yaml", target / "params.yaml")
+    shutil.copytree(source / "data", target / "data")
+    return target
+
+
+def stage_cmd(
+    workspace: Path, stage: str, *args: str, check: bool = True, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        [sys.executable, "-m", f"pipelines.{stage}", *args],
+        cwd=workspace,
+        env=env or workspace_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check and done.returncode != 0:
+        raise AssertionError(f"{stage} failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    return done
+
+
+def workspace_env() -> dict[str, str]:
+    env = project_env(REPO)
+    env["PYTHONPATH"] = str(REPO)
+    return env
