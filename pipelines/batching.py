@@ -122,6 +122,7 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         num_replicas: int | None = 1,
         rank: int | None = 0,
+        accumulate: int = 1,
     ) -> None:
         num_replicas, rank = _distributed_defaults(num_replicas, rank)
         # +1: the collate appends EOS to the source and BOS/EOS to the target.
@@ -143,6 +144,10 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
         self.seed = int(seed)
         self.num_replicas = int(num_replicas)
         self.rank = int(rank)
+        # Batches of one optimizer step per rank: a step's group holds num_replicas x accumulate
+        # batches, so the plan depends only on the global batch, not on how it is split.
+        self.accumulate = int(accumulate)
+        self.width = self.num_replicas * self.accumulate
         self.epoch = 0
         self.start_step = 0  # batches of the current epoch to skip (mid-epoch resume)
         self._cache: tuple[int, _Plan] | None = None
@@ -171,8 +176,8 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
         return batches
 
     def _even_out(self, batches: list[np.ndarray]) -> list[np.ndarray]:
-        """Halve the largest batches until the count divides by the number of ranks."""
-        while len(batches) % self.num_replicas:
+        """Halve the largest batches until the count divides by ranks x accumulation steps."""
+        while len(batches) % self.width:
             sizes = [len(b) for b in batches]
             largest = int(np.argmax(sizes))
             if sizes[largest] < 2:
@@ -190,7 +195,7 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
             return self._cache[1]
         rng = np.random.default_rng([self.seed, self.epoch]) if self.shuffle else None
         batches = self._even_out(self._pack(self._sorted_order(rng)))
-        width = self.num_replicas
+        width = self.width
         groups = [batches[i : i + width] for i in range(0, len(batches), width)]
         if rng is not None:
             groups = [groups[i] for i in rng.permutation(len(groups))]
@@ -209,11 +214,12 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         plan = self._plan()
         for group in plan.groups[self.start_step :]:
-            yield group[self.rank].tolist()
+            for micro_step in range(self.accumulate):
+                yield group[micro_step * self.num_replicas + self.rank].tolist()
         self.start_step = 0
 
     def __len__(self) -> int:
-        return self._num_steps - self.start_step
+        return (self._num_steps - self.start_step) * self.accumulate
 
     # -- resume
 
@@ -235,7 +241,11 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
         if rank == -1:
             return [b.tolist() for group in plan.groups for b in group]
         rank = self.rank if rank is None else rank
-        return [group[rank].tolist() for group in plan.groups]
+        return [
+            group[micro_step * self.num_replicas + rank].tolist()
+            for group in plan.groups
+            for micro_step in range(self.accumulate)
+        ]
 
     def stats(self) -> dict[str, float]:
         """Padding and size statistics of this epoch's global plan (all ranks)."""

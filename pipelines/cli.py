@@ -77,6 +77,7 @@ def load_translator(model: str, device: str):
         raise PipelineError(
             f"{model}: no MLflow store at {store}; run the pipeline here or set MLFLOW_TRACKING_URI"
         )
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     tracking.connect()
     # Everything is read into memory on load, so the downloaded copy can go right after.
     with tempfile.TemporaryDirectory(prefix="nmt-model-") as tmp:

@@ -74,7 +74,7 @@ from pipelines.atomic import atomic_path, atomic_write_json
 from pipelines.errors import PipelineError, run_main, setup_logging
 from pipelines.params import DEFAULT_PARAMS, DataParams, PrepareParams, load_params
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("pipelines.prepare")  # not __main__ under `python -m`
 
 DEFAULT_OUT = Path("data/prepared")
 DEFAULT_METRICS = Path("metrics/prepare.json")
@@ -233,6 +233,8 @@ def needed_splits(data: DataParams) -> list[str]:
 
 def validate_local(folder: Path, data: DataParams) -> dict[str, Path]:
     """Check every needed split file line by line; return split -> file. Raises PipelineError."""
+    if folder.exists() and not folder.is_dir():
+        raise PipelineError(f"dataset {folder} is not a folder of <split>.jsonl[.gz] files")
     if not folder.is_dir():
         hint = ""
         if Path(f"{folder}.dvc").is_file():

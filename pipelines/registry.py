@@ -76,7 +76,7 @@ def log_and_register(
     ):
         if existing.tags.get(SHA_TAG) == sha:
             log.info("%s version %s already holds %s", registered_name, existing.version, model_dir)
-            return existing.version
+            return str(existing.version)
     run = client.get_run(run_id)
     tags = {
         SHA_TAG: sha,
@@ -95,7 +95,7 @@ def log_and_register(
         registered_name, version.version, description=f"{tags[tracking.ARCH_TAG]} from run {run_id}"
     )
     log.info("registered %s version %s from run %s", registered_name, version.version, run_id)
-    return version.version
+    return str(version.version)
 
 
 def version_score(registered_name: str, version: str, split: str, *, client=None) -> float | None:
@@ -111,7 +111,7 @@ def champion_version(registered_name: str, *, client=None) -> str | None:
 
     client = _client(client)
     try:
-        return client.get_model_version_by_alias(registered_name, CHAMPION).version
+        return str(client.get_model_version_by_alias(registered_name, CHAMPION).version)
     except MlflowException:
         return None
 
@@ -146,6 +146,7 @@ def set_champion(
 ) -> dict[str, Any]:
     """Point `champion` at `version`, recording the previous champion, the delta and the time."""
     client = _client(client)
+    version = str(version)
     previous = champion_version(registered_name, client=client)
     score = version_score(registered_name, version, split, client=client)
     record: dict[str, Any] = {"version": version, "score": score, "previous_version": previous}
@@ -184,7 +185,7 @@ def champion_history(registered_name: str, *, client=None) -> list[dict[str, str
     for version in client.search_model_versions(f"name = '{registered_name}'"):
         if "champion.promoted_at" not in version.tags:
             continue
-        entry = {"version": version.version}
+        entry = {"version": str(version.version)}
         entry.update(
             {
                 k.removeprefix("champion."): v
@@ -243,9 +244,9 @@ def download_model_folder(uri: str, dst_path: str | Path | None = None) -> Path:
         message = str(getattr(err, "message", err)).splitlines()[0]
         raise PipelineError(f"{uri}: cannot be fetched from the MLflow store ({message})") from err
     try:
-        flavor = Model.load(local).flavors["python_function"]
-        folder = local / flavor["artifacts"][MODEL_DIR_KEY]["path"]
+        model = Model.load(local)
+        folder = local / model.flavors["python_function"]["artifacts"][MODEL_DIR_KEY]["path"]
     except (MlflowException, OSError, KeyError) as err:
         raise PipelineError(f"{uri}: not a translator logged by pipelines.registry") from err
-    log.info("%s: exported model folder %s", uri, folder)
+    log.info("%s: the %s model logged in run %s", uri, folder.name, model.run_id)
     return folder

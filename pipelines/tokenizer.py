@@ -38,7 +38,7 @@ from pipelines.prepare import DEFAULT_OUT as DEFAULT_PREPARED
 from pipelines.prepare import read_manifest, read_pairs
 from pipelines.vocab import JOINT_MODEL, META_FILE, SPECIAL_IDS, SRC_MODEL, TGT_MODEL
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("pipelines.tokenizer")  # not __main__ under `python -m`
 
 DEFAULT_OUT = Path("data/tokenized")
 # Part of the model's TrainerSpec, so fixed: a different count would change the model bytes.

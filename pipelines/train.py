@@ -96,7 +96,9 @@ class TrainingMonitor(pl.Callback):
             self._window_start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, module) -> None:
-        self.train_seconds += time.perf_counter() - self._epoch_start
+        if self._epoch_start:  # not when a resumed run closes the epoch it was saved in
+            self.train_seconds += time.perf_counter() - self._epoch_start
+        self._epoch_start = 0.0
 
     def on_validation_end(self, trainer, module) -> None:
         # After the module's on_validation_epoch_end, so val/bleu is in callback_metrics.
@@ -106,7 +108,7 @@ class TrainingMonitor(pl.Callback):
         row = {
             "epoch": trainer.current_epoch,
             "step": trainer.global_step,
-            "train_seconds": round(self.train_seconds + time.perf_counter() - self._epoch_start, 2),
+            "train_seconds": round(self.train_seconds + self._elapsed_in_epoch(), 2),
         }
         for key in ("val/loss", "val/ppl", "val/bleu"):
             if key in metrics:
@@ -118,6 +120,9 @@ class TrainingMonitor(pl.Callback):
         self.rows.append(row)
         if trainer.is_global_zero:
             write_history(self.history_file, self.rows)
+
+    def _elapsed_in_epoch(self) -> float:
+        return time.perf_counter() - self._epoch_start if self._epoch_start else 0.0
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows, "train_seconds": self.train_seconds}
@@ -274,18 +279,26 @@ def build_trainer(
 ) -> tuple[pl.Trainer, TrainingMonitor, ModelCheckpoint]:
     optim = params.arch(arch).optim
     monitor = TrainingMonitor(paths.logs / arch / "history.csv", params.train.log_every_n_steps)
+    # Best by validation BLEU; a separate callback rewrites last.ckpt after every validation
+    # (Lightning's save_last only refreshes "last" when the best checkpoint changed).
     checkpoint = ModelCheckpoint(
         dirpath=paths.checkpoints / arch,
         filename="best",
         monitor=MONITOR,
         mode="max",
-        save_last=True,
         save_top_k=1,
         enable_version_counter=False,
         auto_insert_metric_name=False,
         save_on_train_epoch_end=False,
     )
-    callbacks: list[pl.Callback] = [monitor, checkpoint]
+    last = ModelCheckpoint(
+        dirpath=paths.checkpoints / arch,
+        filename="last",
+        save_top_k=1,
+        enable_version_counter=False,
+        save_on_train_epoch_end=False,
+    )
+    callbacks: list[pl.Callback] = [monitor, checkpoint, last]
     if optim.early_stopping_patience > 0:
         callbacks.append(
             EarlyStopping(

@@ -23,7 +23,13 @@ TINY_OVERRIDES: dict[str, Any] = {
     "evaluate": {"beam_size": 2, "max_len_margin": 8, "batch_size": 100, "attention_examples": 1},
     "models": {
         "transformer": {
-            "model": {"d_model": 32, "n_heads": 2, "d_ff": 64, "encoder_layers": 1, "decoder_layers": 1},
+            "model": {
+                "d_model": 32,
+                "n_heads": 2,
+                "d_ff": 64,
+                "encoder_layers": 1,
+                "decoder_layers": 1,
+            },
             "optim": {"max_epochs": 1, "warmup_steps": 10},
         },
         **{
@@ -100,7 +106,9 @@ def project_env(repo: Path) -> dict[str, str]:
     return env
 
 
-def run(repo: Path, *command: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+def run(
+    repo: Path, *command: str, check: bool = True, timeout: float = 900
+) -> subprocess.CompletedProcess:
     """Run a command in `repo` (dvc, python -m ...), returning its captured output."""
     if command[0] == "dvc":
         command = (sys.executable, "-m", "dvc", *command[1:])

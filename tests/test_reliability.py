@@ -40,13 +40,18 @@ def final_metrics(workspace: Path) -> list[dict]:
     lines = (workspace / "logs" / "transformer" / "history.csv").read_text().splitlines()
     header = lines[0].split(",")
     rows = [dict(zip(header, line.split(","), strict=True)) for line in lines[1:]]
-    return [{k: v for k, v in row.items() if k in ("epoch", "step", "val_loss", "val_bleu")} for row in rows]
+    return [
+        {k: v for k, v in row.items() if k in ("epoch", "step", "val_loss", "val_bleu")}
+        for row in rows
+    ]
 
 
 def runs(workspace: Path):
     client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlruns' / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("multi30k_tiny-en-de")
-    return client.search_runs([experiment.experiment_id], filter_string="tags.architecture = 'transformer'")
+    return client.search_runs(
+        [experiment.experiment_id], filter_string="tags.architecture = 'transformer'"
+    )
 
 
 def run_until_checkpoint_then_kill(workspace: Path, wait_for: str) -> None:
@@ -201,7 +206,9 @@ BAD_PARAMS = [
 
 
 @pytest.mark.parametrize(("override", "named"), BAD_PARAMS)
-def test_bad_params_are_rejected_before_any_work_naming_the_key(workspace, tmp_path, override, named):
+def test_bad_params_are_rejected_before_any_work_naming_the_key(
+    workspace, tmp_path, override, named
+):
     from tests.pipeline_helpers import deep_update
 
     params = deep_update(yaml.safe_load((workspace / "params.yaml").read_text()), override)

@@ -1,0 +1,82 @@
+"""Real multi-process Lightning DDP on CPU (gloo): same training as one process, outputs once."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from tests.training_helpers import make_workspace, stage_cmd, workspace_params
+
+pytestmark = pytest.mark.slow
+
+# Dropout off: each rank draws its own dropout masks, so only a dropout-free model can match a
+# single process bit for bit. What must match is the data each optimizer step sees.
+NO_DROPOUT = {"model": {"dropout": 0.0, "attention_dropout": 0.0}, "optim": {"max_epochs": 2}}
+# float32 all-reduce (g0 + g1) / 2 vs accumulation g0 / 2 + g1 / 2 differ in the last bits only.
+TOLERANCE = 1e-4
+
+
+def history(workspace: Path) -> list[dict[str, str]]:
+    with open(workspace / "logs" / "transformer" / "history.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def train_in(path: Path, devices: int) -> Path:
+    params = workspace_params(
+        models={"transformer": NO_DROPOUT},
+        train={
+            "accelerator": "cpu",
+            "devices": devices,
+            "strategy": "ddp" if devices > 1 else "auto",
+            "accumulate_grad_batches": 2,
+            "keep_global_batch": True,
+            "batch_tokens": 600,
+        },
+    )
+    workspace = make_workspace(path, params)
+    stage_cmd(workspace, "train", "--arch", "transformer")
+    return workspace
+
+
+@pytest.fixture(scope="module")
+def single_and_ddp(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("ddp")
+    return train_in(root / "single", devices=1), train_in(root / "ddp", devices=2)
+
+
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(single_and_ddp):
+    single, ddp = single_and_ddp
+    single_rows, ddp_rows = history(single), history(ddp)
+    assert len(single_rows) == len(ddp_rows) == 2
+    for one, two in zip(single_rows, ddp_rows, strict=True):
+        assert one["step"] == two["step"]  # the same number of optimizer steps
+        assert abs(float(one["val_loss"]) - float(two["val_loss"])) < TOLERANCE
+        assert one["val_bleu"] == two["val_bleu"]
+    single_state = torch.load(single / "checkpoints/transformer/last.ckpt", weights_only=True)
+    ddp_state = torch.load(ddp / "checkpoints/transformer/last.ckpt", weights_only=True)
+    for name, tensor in single_state["state_dict"].items():
+        torch.testing.assert_close(ddp_state["state_dict"][name], tensor, atol=TOLERANCE, rtol=0)
+
+
+def test_ddp_writes_outputs_and_the_mlflow_run_once(single_and_ddp):
+    _, ddp = single_and_ddp
+    client = MlflowClient(tracking_uri=f"sqlite:///{ddp / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("multi30k_tiny-en-de")
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.architecture = 'transformer'"
+    )
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    params = runs[0].data.params
+    assert params["train.world_size"] == "2"
+    # Global batch = per-device budget x devices x accumulation (2 // 2 devices = 1).
+    assert params["train.global_batch_tokens"] == str(600 * 2 * 1)
+    assert len(history(ddp)) == 2  # one row per epoch, not one per rank
+    assert sorted(p.name for p in (ddp / "checkpoints" / "transformer").iterdir()) == [
+        "best.ckpt",
+        "fingerprint.json",
+        "last.ckpt",
+    ]
