@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -139,7 +138,9 @@ def cmd_ui(args: argparse.Namespace) -> None:
         args.port,
         tracking.tracking_uri(),
     )
-    raise SystemExit(subprocess.call(command, env=env))
+    sys.stderr.flush()
+    # Become the server, so that Ctrl-C and a supervisor's SIGTERM reach it directly.
+    os.execvpe(command[0], command, env)
 
 
 def cmd_retrain(args: argparse.Namespace) -> None:

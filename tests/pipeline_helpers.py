@@ -19,7 +19,14 @@ SHARED = REPO.parent / "shared"
 TINY_OVERRIDES: dict[str, Any] = {
     "data": {"max_train_pairs": 300},
     "tokenizer": {"vocab_size": 250},
-    "train": {"batch_tokens": 1024, "log_every_n_steps": 2},
+    # Two CPU processes (gloo): the end-to-end run is also the DDP run of the pipeline.
+    "train": {
+        "batch_tokens": 1024,
+        "log_every_n_steps": 2,
+        "accelerator": "cpu",
+        "devices": 2,
+        "strategy": "ddp",
+    },
     "evaluate": {"beam_size": 2, "max_len_margin": 8, "batch_size": 100, "attention_examples": 1},
     "models": {
         "transformer": {

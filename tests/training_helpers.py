@@ -21,7 +21,7 @@ def workspace_params(**extra: Any) -> dict[str, Any]:
     params["architectures"] = ["transformer"]
     params["data"].update(dataset=str(FIXTURE_CORPUS), max_train_pairs=0)
     params["tokenizer"]["vocab_size"] = 200
-    params["train"]["log_every_n_steps"] = 1
+    params["train"].update(log_every_n_steps=1, devices=1, strategy="auto")
     return deep_update(params, extra)
 
 
