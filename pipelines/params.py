@@ -50,7 +50,7 @@ class DataParams:
             require(
                 split not in roles,
                 f"{prefix}test_splits",
-                f"{split!r} is also the train or validation split; test sets are for reporting only",
+                f"{split!r} is also the train or validation split; test sets only report",
             )
         require(self.max_train_pairs >= 0, f"{prefix}max_train_pairs", "must be >= 0")
 

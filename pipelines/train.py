@@ -50,7 +50,7 @@ class TrainPaths:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write checkpoints to a temporary file, fsync, then rename: a kill never leaves half a file."""
+    """Write to a temporary file, fsync, then rename: a kill never leaves half a checkpoint."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         path = Path(path)
@@ -174,7 +174,7 @@ def launch_rank() -> int:
 
 
 def accumulation(train_params, world_size: int) -> int:
-    """Gradient accumulation; with keep_global_batch it shrinks as devices grow (same global batch)."""
+    """Gradient accumulation; with keep_global_batch it shrinks as devices grow."""
     steps = train_params.accumulate_grad_batches
     if not train_params.keep_global_batch:
         return steps
@@ -194,9 +194,12 @@ def read_references(prepared: Path, split: str) -> list[str]:
 def resumable_checkpoint(ckpt_dir: Path, key: str) -> Path | None:
     """last.ckpt if it was written under the same configuration, else None (read-only)."""
     marker, last = ckpt_dir / "fingerprint.json", ckpt_dir / "last.ckpt"
-    if marker.exists() and last.exists():
-        if json.loads(marker.read_text()).get("fingerprint") == key:
-            return last
+    if (
+        marker.exists()
+        and last.exists()
+        and json.loads(marker.read_text()).get("fingerprint") == key
+    ):
+        return last
     return None
 
 

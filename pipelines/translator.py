@@ -64,7 +64,7 @@ class Translator:
         return cls(model.to(device), Tokenizers.load(folder / "tokenizer"), config)
 
     def _encode(self, sentences: list[str]) -> list[list[int]]:
-        return [ids + [EOS_ID] for ids in self.tokenizers.encode_src(sentences)]
+        return [[*ids, EOS_ID] for ids in self.tokenizers.encode_src(sentences)]
 
     def iter_batches(
         self, sentences: list[str], batch_size: int

@@ -124,6 +124,7 @@ def run(
     )
     if check and done.returncode != 0:
         raise AssertionError(
-            f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+            f"{' '.join(command)} failed ({done.returncode}):\n"
+            f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
         )
     return done
