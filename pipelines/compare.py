@@ -2,8 +2,9 @@
 
 Writes ``reports/comparison.{md,csv}``, ``reports/validation_curves.png`` and
 ``reports/bleu_per_test_set.png``, and attaches them to the pipeline's parent MLflow run. The best
-architecture on the primary test split is registered in the MLflow model registry and becomes
-`champion` when :func:`pipelines.registry.decide_promotion` says so.
+architecture on the primary test split is registered in the MLflow model registry; it becomes
+`champion` only when there is none yet. Replacing a champion is `nmt retrain`'s decision (with its
+BLEU margin); when retrain runs the pipeline, it also does the registering, after scoring.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import io
 import itertools
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +158,7 @@ def register_best(
         root / "artifacts" / best["architecture"],
         registered_name,
         split,
+        replace_champion=False,
         input_example=example,
         client=client,
     )
@@ -187,6 +190,9 @@ def main(argv: list[str] | None = None) -> None:
     rows = compare(params.architectures, params.data.test_splits, root, reports)
     log_to_parent(rows, root, reports)
     log.info("wrote %s", ", ".join(str(reports / name) for name in REPORT_FILES))
+    if os.environ.get(registry.DEFER_ENV):
+        log.info("registering left to `nmt retrain` (%s is set)", registry.DEFER_ENV)
+        return
     split = params.data.primary_test_split
     example = example_sources(root / "data" / "prepared", params.data.validation_split)
     promotion = register_best(rows, root, params.tracking.registered_model, split, example)

@@ -31,6 +31,7 @@ class DataParams:
     validation_split: str = "validation"
     test_splits: list[str] = field(default_factory=lambda: ["test_2016_flickr", "test_2017_flickr"])
     max_train_pairs: int = 0  # 0 keeps all; the tiny test profile uses a few hundred
+    max_eval_pairs: int = 0  # 0 keeps all; smoke tests only, never for reported scores
 
     def validate(self, prefix: str = "") -> None:
         require(self.src_lang != self.tgt_lang, f"{prefix}tgt_lang", "must differ from src_lang")
@@ -53,6 +54,7 @@ class DataParams:
                 f"{split!r} is also the train or validation split; test sets only report",
             )
         require(self.max_train_pairs >= 0, f"{prefix}max_train_pairs", "must be >= 0")
+        require(self.max_eval_pairs >= 0, f"{prefix}max_eval_pairs", "must be >= 0")
 
     @property
     def primary_test_split(self) -> str:

@@ -22,6 +22,9 @@ Filters, applied to the training split in this order, each row counted under the
 - ``duplicate``: the same (source, target) pair already kept (with ``prepare.drop_duplicates``);
 - ``max_train_pairs``: beyond the first ``data.max_train_pairs`` kept pairs (0 keeps all).
 
+``data.max_eval_pairs`` (0 = all, the default) keeps only the first N rows of the validation and
+test splits; it exists for smoke tests and must stay 0 for any reported score.
+
 Validation and test splits are kept whole, since test sets are for reporting: their rows are only
 normalized, never dropped.
 
@@ -448,6 +451,9 @@ def prepare(
         role = roles[rows.name]
         max_pairs = data.max_train_pairs if role == "train" else 0
         pairs, stats = process_split(rows, role, prep, max_pairs)
+        if role != "train" and data.max_eval_pairs:  # smoke tests only; never for reported scores
+            pairs = pairs[: data.max_eval_pairs]
+            stats["rows_out"] = len(pairs)
         if not pairs:
             raise PipelineError(
                 f"split '{rows.name}' ({rows.origin}) has no rows left after filtering: "

@@ -24,6 +24,9 @@ CHAMPION = "champion"
 LOGGED_MODEL_NAME = "translator"  # the model's name inside its run: runs:/<run_id>/translator
 SHA_TAG = "nmt.model_sha256"
 DEFAULT_EXAMPLE = ["A man is riding a bicycle.", "Two dogs play in the snow."]
+# Set by `nmt retrain` for its `dvc repro`: the compare stage then leaves registering and
+# promoting to retrain, which does both only after scoring challenger and champion.
+DEFER_ENV = "NMT_RETRAIN"
 
 
 @dataclass
@@ -85,11 +88,13 @@ def log_and_register(
         "nmt.parent_run_id": run.data.tags.get("mlflow.parentRunId", ""),
     }
     mlflow.set_tracking_uri(client.tracking_uri)
-    # Reopening the finished run only to attach the model; leaving the block finishes it again.
     with mlflow.start_run(run_id=run_id):
         info = log_pyfunc_model(
             model_dir, LOGGED_MODEL_NAME, input_example or DEFAULT_EXAMPLE, metadata={SHA_TAG: sha}
         )
+    if run.info.end_time:
+        # Reopening the run only attached the model: keep its status and its duration.
+        client.set_terminated(run_id, status=run.info.status, end_time=run.info.end_time)
     version = mlflow.register_model(info.model_uri, registered_name, tags=tags)
     client.update_model_version(
         registered_name, version.version, description=f"{tags[tracking.ARCH_TAG]} from run {run_id}"
@@ -204,10 +209,14 @@ def register_and_promote(
     split: str,
     *,
     margin: float = 0.0,
+    replace_champion: bool = True,
     input_example: list[str] | None = None,
     client=None,
 ) -> Promotion:
-    """Register the model of `run_id`, then make it champion if :func:`decide_promotion` says so."""
+    """Register the model of `run_id`, then make it champion if :func:`decide_promotion` says so.
+
+    With ``replace_champion=False`` it becomes champion only when there is none yet (bootstrap).
+    """
     client = _client(client)
     version = log_and_register(
         run_id, model_dir, registered_name, input_example=input_example, client=client
@@ -220,6 +229,8 @@ def register_and_promote(
         None if previous is None else version_score(registered_name, previous, split, client=client)
     )
     promote, reason = decide_promotion(score, previous_score, margin)
+    if previous is not None and not replace_champion:
+        promote, reason = False, f"champion version {previous} kept: `nmt retrain` replaces it"
     if promote:
         set_champion(registered_name, version, split, reason=reason, client=client)
     log.info("%s version %s: %s%s", registered_name, version, reason, "" if promote else " (kept)")

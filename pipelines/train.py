@@ -36,6 +36,8 @@ from pipelines.vocab import Tokenizers
 log = logging.getLogger("nmt.train")
 
 MONITOR = "val/bleu"
+# An exported model folder to fine-tune from (set by `nmt retrain` when retrain.start is warm).
+INIT_FROM_ENV = "NMT_INIT_FROM"
 
 
 @dataclass
@@ -218,6 +220,31 @@ def prepare_checkpoint_dir(ckpt_dir: Path, key: str, client) -> Path | None:
     return None
 
 
+def vocabulary(tokenizers: Tokenizers) -> tuple[list[str], list[str]]:
+    """The source and target subword pieces, by id."""
+    return tuple(
+        [processor.id_to_piece(i) for i in range(processor.get_piece_size())]
+        for processor in (tokenizers.src, tokenizers.tgt)
+    )
+
+
+def warm_start(model: torch.nn.Module, folder: Path, tokenizers: Tokenizers, model_config) -> str:
+    """Load the weights of exported `folder` into `model` if they fit; returns how training starts.
+
+    They fit when the model configuration and the vocabulary (every piece, by id) are unchanged;
+    otherwise training starts cold and the returned text says why.
+    """
+    from safetensors.torch import load_model
+
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("model") != model_config:
+        return f"cold: {folder.name} has another model configuration"
+    if vocabulary(Tokenizers.load(folder / "tokenizer")) != vocabulary(tokenizers):
+        return f"cold: the vocabulary changed since {folder.name} was trained"
+    load_model(model, str(folder / "model.safetensors"), device="cpu")
+    return f"warm: fine-tuning {folder.name}"
+
+
 def export_model(
     module: TranslationModule, arch: str, params: Params, tokenizers: Tokenizers, out_dir: Path
 ) -> None:
@@ -367,6 +394,12 @@ def train(arch: str, params: Params, paths: TrainPaths, params_file: Path) -> di
     module.detokenize = tokenizers.decode_tgt
     module.val_references = read_references(paths.prepared, params.data.validation_split)
     module.extra_checkpoint_state = {"run_id": run_id}
+    init_from = os.environ.get(INIT_FROM_ENV)
+    if init_from and resume_from is None:  # a resumed run has its weights in the checkpoint
+        start = warm_start(module.model, Path(init_from), tokenizers, arch_params.model)
+        log.info("%s: %s", arch, start)
+        if is_zero:
+            client.set_tag(run_id, "train.start", start)
     if params.train.compile:
         module.model = torch.compile(module.model)
 

@@ -17,7 +17,7 @@ SHARED = REPO.parent / "shared"
 # The tiny profile: a few hundred pairs, tiny models, one short epoch. Applied on top of the
 # real params.yaml so that the test exercises the same keys users edit.
 TINY_OVERRIDES: dict[str, Any] = {
-    "data": {"max_train_pairs": 300},
+    "data": {"max_train_pairs": 300, "max_eval_pairs": 100},
     "tokenizer": {"vocab_size": 250},
     # Two CPU processes (gloo): the end-to-end run is also the DDP run of the pipeline.
     "train": {

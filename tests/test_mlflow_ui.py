@@ -7,6 +7,7 @@ Screenshots go to the test's tmp_path and to ``reports/ui/`` of the tiny project
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -228,11 +229,14 @@ def test_compare_view_renders_two_architectures(tiny_pipeline, server, experimen
     close_assistant(page)
     for name in (first, second):
         page.get_by_role("cell", name=name, exact=True).first.wait_for()
+    with contextlib.suppress(sync_api.TimeoutError):  # only for a complete screenshot
+        page.locator(".js-plotly-plot").first.wait_for(timeout=15_000)
+    save_screenshot(page, tmp_path, tiny_pipeline.repo, "compare_runs.png")
     # The metrics table is a virtualized grid of divs: read the numbers on the metric's line.
     name = page.get_by_text(metric, exact=True).last
     name.scroll_into_view_if_needed()
     values = [float(text) for text in texts_on_the_same_line(name)]
     expected = [bleu_of(tiny_pipeline.repo, arch, metric.split("/")[1]) for arch in (first, second)]
     assert values == pytest.approx(expected, abs=0.01)
-    shot = save_screenshot(page, tmp_path, tiny_pipeline.repo, "compare_runs.png")
+    shot = save_screenshot(page, tmp_path, tiny_pipeline.repo, "compare_runs_metrics.png")
     assert shot.stat().st_size > 10_000

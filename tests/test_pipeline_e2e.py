@@ -32,7 +32,7 @@ def test_every_stage_output_exists_and_is_well_formed(tiny_pipeline):
             assert 0.0 <= values["chrf"] <= 100.0
             assert values["signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
             lines = (repo / "hypotheses" / arch / f"{split}.txt").read_text().splitlines()
-            assert len(lines) == 1000
+            assert len(lines) == params["data"]["max_eval_pairs"]
         summary = json.loads((repo / "artifacts" / arch / "training.json").read_text())
         assert summary["num_parameters"] > 0 and summary["run_id"]
         assert (repo / "artifacts" / arch / "model.safetensors").stat().st_size > 0

@@ -215,6 +215,9 @@ def test_champion_is_the_best_architecture_on_the_primary_test_split(
     assert registry.champion_score(name, primary, client=store) == pytest.approx(
         scores[arch], abs=0.01
     )
+    # Logging the model into the finished run kept its status and its duration.
+    run = store.get_run(champion.run_id)
+    assert run.info.status == "FINISHED" and run.info.end_time <= champion.creation_timestamp
     # Who was champion when: the promotion is recorded on the version.
     tags = champion.tags
     assert tags["champion.promoted_at"] and tags["champion.split"] == primary

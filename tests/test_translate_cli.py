@@ -84,8 +84,7 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys, option, value, messag
 
 
 def test_registry_uri_without_a_store_does_not_create_one(tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     source = write(tmp_path, b"A cat.\n")
     err = run_main(capsys, "translate", "--model", "models:/nmt-translator@champion", source)
     assert "no MLflow store" in err

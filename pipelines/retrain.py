@@ -1,0 +1,464 @@
+"""`nmt retrain`: one idempotent pass of scheduled retraining, safe to run from any scheduler.
+
+1. Take the run lock (:mod:`pipelines.runlock`); a second run exits with ``EXIT_LOCKED``.
+2. Bring in the latest data version: ``git pull --ff-only`` and ``dvc pull`` of the corpus pointer
+   when the branch has an upstream; otherwise the workspace is used as it is (a corpus folder must
+   match its ``.dvc`` pointer, i.e. be ``dvc add``-ed; a Hub corpus is versioned by
+   ``data.revision``).
+3. Nothing changed (``dvc status``), a champion exists and the pipeline's current best model has
+   been decided on: exit ``EXIT_UP_TO_DATE``.
+4. Otherwise ``dvc repro`` (log kept next to the decision record), then re-translate the promotion
+   split (``retrain.promotion_split``, default the first test split) with the challenger (the
+   pipeline's best architecture on that split) and with the champion, using the same code and the
+   same ``evaluate`` beam settings, and score both with sacreBLEU (one signature).
+5. Promote only if challenger BLEU >= champion BLEU + ``retrain.margin_bleu`` (the margin should
+   exceed run-to-run noise, about 0.5 BLEU). Either way the decision, both scores, the margin, the
+   signature and the data and code versions go to ``reports/retrain/<UTC timestamp>.json`` and to
+   tags on the challenger's model version and runs.
+
+Nothing is registered and no alias moves until both scores are in: a run that fails (or is killed)
+before that leaves the registry as it was. The compare stage, told by ``registry.DEFER_ENV``, leaves
+registering to this command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from models.config import ConfigError
+from pipelines import registry, tracking
+from pipelines.atomic import atomic_write_json
+from pipelines.errors import PipelineError
+from pipelines.params import Params, load_params
+from pipelines.runlock import LockHeld, RunLock
+
+log = logging.getLogger("nmt.retrain")
+
+EXIT_UP_TO_DATE = 0
+EXIT_FAILED = 1
+EXIT_PROMOTED = 10
+EXIT_NOT_PROMOTED = 11
+EXIT_LOCKED = 75  # EX_TEMPFAIL: try again later
+RECORDS = Path("reports/retrain")
+DECISION_TAG = "retrain.outcome"
+TAIL_LINES = 30
+
+
+class RetrainError(Exception):
+    """A step of the retraining pass failed; the message says which and why."""
+
+
+@dataclass
+class Decision:
+    """What one retraining pass decided, as written to its record."""
+
+    started: datetime
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stamp(self) -> str:
+        return self.started.strftime("%Y%m%dT%H%M%SZ")
+
+
+# ----------------------------------------------------------------------------- subprocesses
+
+
+def command(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a short command (git, dvc) in `root`; a failure is a RetrainError with its output."""
+    argv = [sys.executable, "-m", "dvc", *args[1:]] if args[0] == "dvc" else list(args)
+    done = subprocess.run(argv, cwd=root, capture_output=True, text=True)
+    if check and done.returncode != 0:
+        output = (done.stderr or done.stdout).strip().splitlines()[-5:]
+        raise RetrainError(f"`{' '.join(args)}` failed: " + " / ".join(output))
+    return done
+
+
+def run_logged(root: Path, argv: list[str], log_file: Path, env: dict[str, str], lock) -> None:
+    """Run a long command with its output in `log_file`, in its own process group.
+
+    The group is recorded in the lock, so a later run can tell an orphaned pipeline from a dead
+    one; on any exception here (a signal included) the whole group is stopped.
+    """
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as out:
+        process = subprocess.Popen(
+            argv, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        lock.update(child_pgid=process.pid)
+        try:
+            returncode = process.wait()
+        except BaseException:
+            stop_group(process)
+            raise
+    if returncode != 0:
+        lines = log_file.read_text(errors="replace").splitlines()[-TAIL_LINES:]
+        raise RetrainError(
+            f"`{' '.join(argv[2:])}` failed with exit code {returncode}; see {log_file}:\n"
+            + "\n".join(lines)
+        )
+
+
+def stop_group(process: subprocess.Popen, grace_s: float = 30.0) -> None:
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, None)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def git_has_upstream(root: Path) -> bool:
+    done = command(root, "git", "rev-parse", "--abbrev-ref", "@{upstream}", check=False)
+    return done.returncode == 0
+
+
+# ----------------------------------------------------------------------------- data and status
+
+
+def data_pointer(params: Params, root: Path) -> Path | None:
+    """The corpus folder's ``.dvc`` pointer, or None (a Hub corpus, or an untracked folder)."""
+    pointer = root / f"{params.data.dataset.rstrip('/')}.dvc"
+    return pointer if pointer.exists() else None
+
+
+def sync(root: Path, params_file: Path) -> tuple[str, Params]:
+    """Bring in the latest code, params and data version; returns (how, the params now)."""
+    if git_has_upstream(root):
+        command(root, "git", "pull", "--ff-only", "--quiet")
+        params = load_params(params_file)
+        pointer = data_pointer(params, root)
+        if pointer is not None:
+            command(root, "dvc", "pull", str(pointer.relative_to(root)))
+        how = "git pull --ff-only" + (f" + dvc pull {pointer.name}" if pointer else "")
+    else:
+        params = load_params(params_file)
+        how = "workspace (no git upstream)"
+    log.info("data: %s", how)
+    return how, params
+
+
+def pipeline_status(root: Path, params: Params) -> dict[str, Any]:
+    """``dvc status`` as JSON; a corpus folder out of step with its pointer is an error."""
+    done = command(root, "dvc", "status", "--json")
+    status = json.loads(done.stdout or "{}")
+    pointer = data_pointer(params, root)
+    if pointer is not None and str(pointer.relative_to(root)) in status:
+        folder = params.data.dataset.rstrip("/")
+        raise RetrainError(
+            f"{folder} does not match {folder}.dvc: `dvc add {folder}` (and commit the pointer) "
+            f"to make it the new data version, or `dvc checkout {folder}.dvc` to drop the change"
+        )
+    return status
+
+
+def promotion_split(params: Params) -> str:
+    split = params.retrain.promotion_split or params.data.primary_test_split
+    if split not in params.data.test_splits:
+        raise RetrainError(
+            f"retrain.promotion_split: {split!r} is not one of data.test_splits "
+            f"({', '.join(params.data.test_splits)}); only those are prepared"
+        )
+    return split
+
+
+def best_architecture(params: Params, split: str, root: Path) -> str | None:
+    """The pipeline's best architecture on `split` (as compare picks it), None before a run."""
+    scores = {}
+    for arch in params.architectures:
+        path = root / "metrics" / f"{arch}.json"
+        if not path.exists():
+            return None
+        scores[arch] = json.loads(path.read_text())[split]["bleu"]
+    return max(params.architectures, key=lambda arch: scores[arch])  # first listed wins a tie
+
+
+def undecided_model(params: Params, split: str, root: Path, client) -> str | None:
+    """The pipeline's current best model if no retraining pass has decided on it yet, else None."""
+    arch = best_architecture(params, split, root)
+    summary = root / "artifacts" / f"{arch}" / "training.json"
+    if arch is None or not summary.exists():
+        return "no trained model yet"
+    run_id = json.loads(summary.read_text())["run_id"]
+    sha = registry.model_sha256(root / "artifacts" / arch)
+    name = params.tracking.registered_model
+    champion = registry.champion_version(name, client=client)
+    for version in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
+        if version.tags.get(registry.SHA_TAG) == sha and (
+            DECISION_TAG in version.tags or str(version.version) == champion
+        ):
+            return None
+    return f"{arch} of run {run_id} has not been compared with the champion"
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def score_folder(folder: Path, params: Params, split: str, root: Path) -> dict[str, Any]:
+    """Translate `split` with the exported model in `folder` and score it (evaluate's settings)."""
+    from pipelines.evaluate import read_pairs, score
+    from pipelines.translator import Translator
+
+    sources, references = read_pairs(root / "data" / "prepared" / f"{split}.jsonl")
+    settings = params.evaluate
+    translator = Translator.load(folder)
+    hypotheses = translator.translate(
+        sources,
+        beam_size=settings.beam_size,
+        length_penalty=settings.length_penalty,
+        max_len_margin=settings.max_len_margin,
+        batch_size=settings.batch_size,
+    )
+    result = score(hypotheses, references, sources, translator.config["tgt_lang"])
+    return {k: result[k] for k in ("bleu", "chrf", "signature", "sentences")}
+
+
+def decide(challenger: float, champion: float | None, margin: float) -> tuple[bool, str]:
+    """Promote when there is no champion, or the challenger reaches champion + margin."""
+    if champion is None:
+        return True, "no champion yet"
+    gain = round(challenger - champion, 6)  # scores are rounded to 0.01: compare without float dust
+    verdict = ">=" if gain >= margin else "<"
+    return gain >= margin, (
+        f"challenger BLEU {challenger:.2f} {verdict} champion {champion:.2f} + margin {margin:.2f}"
+    )
+
+
+def run_lineage(client, run_id: str) -> dict[str, str]:
+    tags = client.get_run(run_id).data.tags
+    return {
+        "git_commit": tags.get("git.commit", ""),
+        "dvc_data_hash": tags.get("dvc.data_hash", ""),
+        "parent_run_id": tags.get("mlflow.parentRunId", ""),
+    }
+
+
+# ----------------------------------------------------------------------------- the pass
+
+
+def retrain(root: Path, params_file: Path, decision: Decision, lock: RunLock) -> int:
+    """One retraining pass under `lock`; returns the exit code (raises on failure)."""
+    sync_how, params = sync(root, params_file)
+    split = promotion_split(params)
+    name = params.tracking.registered_model
+    status = pipeline_status(root, params)
+    client = tracking.connect()
+    champion = registry.champion_version(name, client=client)
+    pending = undecided_model(params, split, root, client)
+    if not status and champion is not None and pending is None:
+        log.info(
+            "up to date: no new data, params or code; %s@champion is version %s", name, champion
+        )
+        return EXIT_UP_TO_DATE
+    why = (
+        "no champion yet"
+        if champion is None
+        else f"changed: {', '.join(sorted(status))}"
+        if status
+        else pending
+    )
+    log.info("retraining (%s)", why)
+    record = decision.record
+    record.update(
+        registered_model=name,
+        sync=sync_how,
+        trigger=why,
+        split=split,
+        margin_bleu=params.retrain.margin_bleu,
+        start=params.retrain.start,
+        decoding={
+            key: getattr(params.evaluate, key)
+            for key in ("beam_size", "length_penalty", "max_len_margin", "batch_size")
+        },
+        champion_before=champion,
+    )
+
+    with tempfile.TemporaryDirectory(prefix="nmt-retrain-") as tmp:
+        champion_dir = None
+        if champion is not None:
+            uri = f"models:/{name}/{champion}"
+            champion_dir = Path(tmp) / f"champion-v{champion}"
+            shutil.move(registry.download_model_folder(uri, Path(tmp) / "download"), champion_dir)
+        from pipelines.train import INIT_FROM_ENV
+
+        env = {**os.environ, registry.DEFER_ENV: "1"}
+        env.pop(INIT_FROM_ENV, None)
+        if params.retrain.start == "warm":
+            if champion_dir is None:
+                log.info("start: cold (retrain.start is warm, but there is no champion yet)")
+            else:
+                env[INIT_FROM_ENV] = str(champion_dir)
+                log.info("start: warm from %s@champion (version %s) if it fits", name, champion)
+        repro_log = root / RECORDS / f"{decision.stamp}.repro.log"
+        record["repro_log"] = str(repro_log.relative_to(root))
+        log.info("dvc repro (log: %s)", repro_log)
+        run_logged(root, [sys.executable, "-m", "dvc", "repro"], repro_log, env, lock)
+        lock.update(child_pgid=None)
+
+        params = load_params(params_file)  # as the pipeline just used them
+        arch = best_architecture(params, split, root)
+        if arch is None:
+            raise RetrainError("dvc repro finished without metrics/<arch>.json for every arch")
+        folder = root / "artifacts" / arch
+        summary = json.loads((folder / "training.json").read_text())
+        run_id = summary["run_id"]
+        log.info("challenger: %s (run %s); scoring on %s", arch, run_id, split)
+        challenger_score = score_folder(folder, params, split, root)
+        champion_score = None
+        if champion_dir is not None:
+            log.info("champion: version %s; scoring on %s", champion, split)
+            champion_score = score_folder(champion_dir, params, split, root)
+
+    if champion_score is not None and champion_score["signature"] != challenger_score["signature"]:
+        raise RetrainError("challenger and champion were scored with different signatures")
+    manifest = json.loads((root / "data" / "prepared" / "manifest.json").read_text())
+    lineage = tracking.lineage_tags(params.data.dataset)
+    record.update(
+        signature=challenger_score["signature"],
+        split_sha256=manifest["splits"][split]["sha256"],
+        sentences=challenger_score["sentences"],
+        data={
+            "dataset": params.data.dataset,
+            "revision": params.data.revision,
+            "dvc_data_hash": lineage["dvc.data_hash"],
+            "git_commit": lineage["git.commit"],
+            "git_dirty": lineage["git.dirty"],
+            "dvc_lock_sha256": lineage["dvc.lock_sha256"],
+        },
+        challenger={
+            "architecture": arch,
+            "run_id": run_id,
+            "bleu": challenger_score["bleu"],
+            "chrf": challenger_score["chrf"],
+            **run_lineage(client, run_id),
+        },
+    )
+    if champion is not None:
+        champion_run = client.get_model_version(name, champion).run_id
+        record["champion"] = {
+            "version": champion,
+            "run_id": champion_run,
+            "bleu": champion_score["bleu"],
+            "chrf": champion_score["chrf"],
+            **run_lineage(client, champion_run),
+        }
+    promote, reason = decide(
+        challenger_score["bleu"],
+        None if champion_score is None else champion_score["bleu"],
+        params.retrain.margin_bleu,
+    )
+
+    # Only now does the registry change: register, tag, then (maybe) move the alias.
+    if registry.champion_version(name, client=client) != champion:
+        raise RetrainError(f"{name}@champion moved while retraining; not touching it")
+    version = registry.log_and_register(run_id, folder, name, client=client)
+    record["challenger"]["version"] = version
+    if version == champion:
+        promote, reason = False, f"the challenger is the champion already (version {version})"
+    outcome = "promoted" if promote else "not_promoted"
+    record.update(outcome=outcome, reason=reason, exit_code=_exit_code(promote))
+    log.info("%s version %s %s: %s", name, version, outcome.replace("_", " "), reason)
+    tag_decision(client, record, name, version)
+    if promote:
+        registry.set_champion(name, version, split, reason=f"nmt retrain: {reason}", client=client)
+    record["champion_after"] = registry.champion_version(name, client=client)
+    return record["exit_code"]
+
+
+def _exit_code(promoted: bool) -> int:
+    return EXIT_PROMOTED if promoted else EXIT_NOT_PROMOTED
+
+
+def tag_decision(client, record: dict[str, Any], name: str, version: str) -> None:
+    """The decision as tags on the challenger's version, its run and its pipeline's parent run."""
+    challenger, champion = record["challenger"], record.get("champion") or {}
+    tags: dict[str, str] = {
+        DECISION_TAG: record["outcome"],
+        "retrain.reason": record["reason"],
+        "retrain.at": record["started"],
+        "retrain.record": record["record_file"],
+        "retrain.split": record["split"],
+        "retrain.signature": record["signature"],
+        "retrain.margin_bleu": str(record["margin_bleu"]),
+        "retrain.challenger_bleu": str(challenger["bleu"]),
+        "retrain.champion_version": str(champion.get("version", "none")),
+        "retrain.champion_bleu": str(champion.get("bleu", "")),
+        "retrain.dvc_data_hash": record["data"]["dvc_data_hash"],
+        "retrain.git_commit": record["data"]["git_commit"],
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+        client.set_tag(challenger["run_id"], key, value)
+    parent = challenger["parent_run_id"]
+    if parent:  # the same keys compare writes when it registers by itself
+        for key, value in {
+            **tags,
+            "registry.model": name,
+            "registry.version": version,
+            "registry.architecture": challenger["architecture"],
+            "registry.promoted": str(record["outcome"] == "promoted").lower(),
+            "registry.decision": record["reason"],
+        }.items():
+            client.set_tag(parent, key, value)
+
+
+def write_record(root: Path, decision: Decision) -> Path:
+    path = root / decision.record["record_file"]
+    atomic_write_json(path, decision.record)
+    return path
+
+
+def _raise_on_signal(signum: int, frame) -> None:
+    raise RetrainError(f"stopped by signal {signal.Signals(signum).name}")
+
+
+def main(args: argparse.Namespace) -> int:
+    """`nmt retrain`: returns the exit code (see the module docstring and `nmt retrain --help`)."""
+    root = tracking.repo_root()
+    lock = RunLock(root / args.lock)
+    try:
+        lock.acquire()
+    except LockHeld as err:
+        log.error("another retrain is running: %s; exiting (code %d)", err, EXIT_LOCKED)
+        return EXIT_LOCKED
+    previous = signal.signal(signal.SIGTERM, _raise_on_signal)
+    started = datetime.now(timezone.utc)
+    decision = Decision(started)
+    decision.record.update(
+        started=started.isoformat(timespec="seconds"),
+        record_file=str(RECORDS / f"{decision.stamp}.json"),
+    )
+    clock = time.monotonic()
+    try:
+        code = retrain(root, root / args.params, decision, lock)
+    except (Exception, KeyboardInterrupt) as err:  # nothing was promoted: say so, keep a record
+        known = (RetrainError, PipelineError, ConfigError, KeyboardInterrupt)
+        if not isinstance(err, known):
+            log.exception("unexpected error")
+        log.error("retrain failed: %s", str(err) or type(err).__name__)
+        decision.record.update(outcome="failed", reason=str(err), exit_code=EXIT_FAILED)
+        code = EXIT_FAILED
+    try:
+        if code != EXIT_UP_TO_DATE:
+            decision.record["seconds"] = round(time.monotonic() - clock, 1)
+            log.info("decision record: %s", write_record(root, decision))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        lock.release()
+    return code
