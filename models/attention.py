@@ -162,6 +162,10 @@ class _ScoredAttention(nn.Module):
         """query: [B, Dq], projected_keys: [B, S, *] -> scores [B, S]."""
         raise NotImplementedError
 
+    def score_all(self, queries: Tensor, projected_keys: Tensor) -> Tensor:
+        """Every target position at once: queries [B, T, Dq] -> scores [B, T, S]."""
+        raise NotImplementedError
+
     def forward(
         self,
         query: Tensor,
@@ -176,6 +180,23 @@ class _ScoredAttention(nn.Module):
         weights = masked_softmax(self.score(query, projected_keys), mask)  # [B, S]
         context = (weights.unsqueeze(1) @ keys).squeeze(1)  # [B, 1, S] @ [B, S, Dk] -> [B, Dk]
         return context, weights
+
+    def attend_all(
+        self,
+        queries: Tensor,
+        keys: Tensor,
+        key_padding_mask: Tensor | None = None,
+        projected_keys: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` for T queries at once: [B, T, Dq] -> ([B, T, Dk], [B, T, S]).
+
+        The fast path of a decoder whose queries do not depend on earlier attention outputs.
+        """
+        if projected_keys is None:
+            projected_keys = self.project_keys(keys)
+        mask = None if key_padding_mask is None else ~key_padding_mask[:, None, :]  # [B, 1, S]
+        weights = masked_softmax(self.score_all(queries, projected_keys), mask)  # [B, T, S]
+        return weights @ keys, weights  # [B, T, S] @ [B, S, Dk] -> [B, T, Dk]
 
 
 class AdditiveAttention(_ScoredAttention):
@@ -193,6 +214,11 @@ class AdditiveAttention(_ScoredAttention):
     def score(self, query: Tensor, projected_keys: Tensor) -> Tensor:
         energy = torch.tanh(self.query_layer(query).unsqueeze(1) + projected_keys)  # [B, S, hidden]
         return self.energy_layer(energy).squeeze(-1)  # [B, S]
+
+    def score_all(self, queries: Tensor, projected_keys: Tensor) -> Tensor:
+        # [B, T, 1, hidden] + [B, 1, S, hidden] -> [B, T, S, hidden]
+        energy = torch.tanh(self.query_layer(queries).unsqueeze(2) + projected_keys.unsqueeze(1))
+        return self.energy_layer(energy).squeeze(-1)  # [B, T, S]
 
 
 class MultiplicativeAttention(_ScoredAttention):
@@ -213,3 +239,8 @@ class MultiplicativeAttention(_ScoredAttention):
         return (projected_keys @ query.unsqueeze(-1)).squeeze(
             -1
         )  # [B, S, Dk] @ [B, Dk, 1] -> [B, S]
+
+    def score_all(self, queries: Tensor, projected_keys: Tensor) -> Tensor:
+        if self.query_layer is not None:
+            queries = self.query_layer(queries)  # [B, T, Dk]
+        return queries @ projected_keys.transpose(1, 2)  # [B, T, Dk] @ [B, Dk, S] -> [B, T, S]

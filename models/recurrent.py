@@ -165,6 +165,17 @@ class RecurrentSeq2Seq(Seq2Seq):
     def decode_step(
         self, prev_tokens: Tensor, state: RecurrentDecoderState
     ) -> tuple[Tensor, RecurrentDecoderState, Tensor | None]:
+        attentional, new_state, weights = self._step(prev_tokens, state)
+        return self._project(attentional), new_state, weights
+
+    def _project(self, attentional: Tensor) -> Tensor:
+        """h̃ [..., H] -> logits [..., V]."""
+        return self.output_projection(self.output_dropout(attentional))
+
+    def _step(
+        self, prev_tokens: Tensor, state: RecurrentDecoderState
+    ) -> tuple[Tensor, RecurrentDecoderState, Tensor | None]:
+        """One decoder step up to h̃ [B, H] (the output projection is left to the caller)."""
         embedded = self.embedding_dropout(self.tgt_embedding(prev_tokens))  # [B, E]
         if self.config.input_feeding:
             embedded = torch.cat([embedded, state.attentional], dim=-1)  # [B, E + H]
@@ -180,7 +191,6 @@ class RecurrentSeq2Seq(Seq2Seq):
                 output, state.memory, state.src_pad_mask, state.projected_keys
             )
             attentional = torch.tanh(self.combine(torch.cat([context, output], dim=-1)))  # [B, H]
-        logits = self.output_projection(self.output_dropout(attentional))  # [B, V]
         hidden, cell = hidden if isinstance(hidden, tuple) else (hidden, None)
         new_state = RecurrentDecoderState(
             hidden.transpose(0, 1),  # [B, L, H]
@@ -190,19 +200,43 @@ class RecurrentSeq2Seq(Seq2Seq):
             state.projected_keys,
             state.src_pad_mask,
         )
-        return logits, new_state, weights
+        return attentional, new_state, weights
 
     def _decode(self, tgt_in: Tensor, encoder_out: EncoderOutput) -> tuple[Tensor, Tensor | None]:
         """-> logits [B, T, V] and attention [B, T, S] (None without attention)."""
         state = self.init_decoder_state(encoder_out)
-        step_logits, step_weights = [], []
-        # Input feeding makes every step depend on the previous output, so decode step by step.
+        if not self.config.input_feeding:
+            return self._decode_parallel(tgt_in, state)
+        step_outputs, step_weights = [], []
+        # Input feeding makes every step depend on the previous output, so decode step by step;
+        # the output projection, which nothing feeds back, runs once over all steps.
         for position in range(tgt_in.size(1)):
-            logits, state, weights = self.decode_step(tgt_in[:, position], state)
-            step_logits.append(logits)
+            attentional, state, weights = self._step(tgt_in[:, position], state)
+            step_outputs.append(attentional)
             step_weights.append(weights)
         attention = None if self.attention is None else torch.stack(step_weights, dim=1)
-        return torch.stack(step_logits, dim=1), attention  # [B, T, V]
+        return self._project(torch.stack(step_outputs, dim=1)), attention  # [B, T, V]
+
+    def _decode_parallel(
+        self, tgt_in: Tensor, state: RecurrentDecoderState
+    ) -> tuple[Tensor, Tensor | None]:
+        """Without input feeding no step reads an earlier output, so the whole target goes through
+        the RNN in one (cuDNN) call and attention scores every position at once.
+
+        Target padding sits at the end, so it never reaches an earlier position's state.
+        """
+        embedded = self.embedding_dropout(self.tgt_embedding(tgt_in))  # [B, T, E]
+        hidden = state.hidden.transpose(0, 1).contiguous()  # [L, B, H]
+        if state.cell is not None:
+            hidden = (hidden, state.cell.transpose(0, 1).contiguous())
+        output, _ = self.decoder(embedded, hidden)  # [B, T, H]
+        if self.attention is None:
+            return self._project(output), None
+        context, weights = self.attention.attend_all(
+            output, state.memory, state.src_pad_mask, state.projected_keys
+        )  # [B, T, D_mem], [B, T, S]
+        attentional = torch.tanh(self.combine(torch.cat([context, output], dim=-1)))  # [B, T, H]
+        return self._project(attentional), weights
 
     def decode(self, tgt_in: Tensor, encoder_out: EncoderOutput) -> Tensor:
         return self._decode(tgt_in, encoder_out)[0]

@@ -240,15 +240,6 @@ def decide(challenger: float, champion: float | None, margin: float) -> tuple[bo
     )
 
 
-def run_lineage(client, run_id: str) -> dict[str, str]:
-    tags = client.get_run(run_id).data.tags
-    return {
-        "git_commit": tags.get("git.commit", ""),
-        "dvc_data_hash": tags.get("dvc.data_hash", ""),
-        "parent_run_id": tags.get("mlflow.parentRunId", ""),
-    }
-
-
 # ----------------------------------------------------------------------------- the pass
 
 
@@ -260,79 +251,95 @@ def retrain(root: Path, params_file: Path, decision: Decision, lock: RunLock) ->
     status = pipeline_status(root, params)
     client = tracking.connect()
     champion = registry.champion_version(name, client=client)
-    pending = undecided_model(params, split, root, client)
-    if not status and champion is not None and pending is None:
-        log.info(
-            "up to date: no new data, params or code; %s@champion is version %s", name, champion
-        )
+    if champion is None:
+        why = "no champion yet"
+    elif status:
+        why = f"changed: {', '.join(sorted(status))}"
+    else:
+        why = undecided_model(params, split, root, client)
+    if why is None:
+        log.info("up to date: no new data, params or code; %s@champion is v%s", name, champion)
         return EXIT_UP_TO_DATE
-    why = (
-        "no champion yet"
-        if champion is None
-        else f"changed: {', '.join(sorted(status))}"
-        if status
-        else pending
-    )
     log.info("retraining (%s)", why)
-    record = decision.record
-    record.update(
+    decision.record.update(
         registered_model=name,
         sync=sync_how,
         trigger=why,
         split=split,
         margin_bleu=params.retrain.margin_bleu,
         start=params.retrain.start,
-        decoding={
-            key: getattr(params.evaluate, key)
-            for key in ("beam_size", "length_penalty", "max_len_margin", "batch_size")
-        },
         champion_before=champion,
     )
-
     with tempfile.TemporaryDirectory(prefix="nmt-retrain-") as tmp:
         champion_dir = None
         if champion is not None:
-            uri = f"models:/{name}/{champion}"
             champion_dir = Path(tmp) / f"champion-v{champion}"
-            shutil.move(registry.download_model_folder(uri, Path(tmp) / "download"), champion_dir)
-        from pipelines.train import INIT_FROM_ENV
-
-        env = {**os.environ, registry.DEFER_ENV: "1"}
-        env.pop(INIT_FROM_ENV, None)
-        if params.retrain.start == "warm":
-            if champion_dir is None:
-                log.info("start: cold (retrain.start is warm, but there is no champion yet)")
-            else:
-                env[INIT_FROM_ENV] = str(champion_dir)
-                log.info("start: warm from %s@champion (version %s) if it fits", name, champion)
-        repro_log = root / RECORDS / f"{decision.stamp}.repro.log"
-        record["repro_log"] = str(repro_log.relative_to(root))
-        log.info("dvc repro (log: %s)", repro_log)
-        run_logged(root, [sys.executable, "-m", "dvc", "repro"], repro_log, env, lock)
-        lock.update(child_pgid=None)
-
+            fetched = registry.download_model_folder(f"models:/{name}/{champion}", Path(tmp) / "dl")
+            shutil.move(fetched, champion_dir)
+        run_pipeline(root, params.retrain.start, champion_dir, decision, lock)
         params = load_params(params_file)  # as the pipeline just used them
         arch = best_architecture(params, split, root)
         if arch is None:
             raise RetrainError("dvc repro finished without metrics/<arch>.json for every arch")
         folder = root / "artifacts" / arch
-        summary = json.loads((folder / "training.json").read_text())
-        run_id = summary["run_id"]
-        log.info("challenger: %s (run %s); scoring on %s", arch, run_id, split)
-        challenger_score = score_folder(folder, params, split, root)
-        champion_score = None
+        run_id = json.loads((folder / "training.json").read_text())["run_id"]
+        log.info("challenger: %s of run %s; champion: version %s", arch, run_id, champion)
+        # Both now, by this code, with the same beam settings: the scores are comparable.
+        scores = {"challenger": score_folder(folder, params, split, root)}
         if champion_dir is not None:
-            log.info("champion: version %s; scoring on %s", champion, split)
-            champion_score = score_folder(champion_dir, params, split, root)
+            scores["champion"] = score_folder(champion_dir, params, split, root)
+    if len({score["signature"] for score in scores.values()}) != 1:
+        raise RetrainError(f"challenger and champion scored with different signatures: {scores}")
+    describe_pass(decision.record, params, split, root, client, arch, run_id, scores)
+    promote, reason = decide(
+        scores["challenger"]["bleu"],
+        scores["champion"]["bleu"] if "champion" in scores else None,
+        params.retrain.margin_bleu,
+    )
+    return settle(client, decision.record, folder, promote, reason)
 
-    if champion_score is not None and champion_score["signature"] != challenger_score["signature"]:
-        raise RetrainError("challenger and champion were scored with different signatures")
+
+def run_pipeline(
+    root: Path, start: str, champion_dir: Path | None, decision: Decision, lock: RunLock
+) -> None:
+    """``dvc repro``, told to leave registering to us, warm-starting from the champion if asked."""
+    from pipelines.train import INIT_FROM_ENV
+
+    env = {**os.environ, registry.DEFER_ENV: "1"}
+    env.pop(INIT_FROM_ENV, None)
+    if start == "warm" and champion_dir is not None:
+        env[INIT_FROM_ENV] = str(champion_dir)
+        log.info("start: warm from %s if it fits (the train stage logs why not)", champion_dir.name)
+    elif start == "warm":
+        log.info("start: cold (retrain.start is warm, but there is no champion yet)")
+    repro_log = root / RECORDS / f"{decision.stamp}.repro.log"
+    decision.record["repro_log"] = str(repro_log.relative_to(root))
+    log.info("dvc repro (log: %s)", repro_log)
+    run_logged(root, [sys.executable, "-m", "dvc", "repro"], repro_log, env, lock)
+    lock.update(child_pgid=None)
+
+
+def describe_pass(
+    record: dict[str, Any],
+    params: Params,
+    split: str,
+    root: Path,
+    client,
+    arch: str,
+    run_id: str,
+    scores: dict[str, dict[str, Any]],
+) -> None:
+    """Scores, split, signature and the data and code versions of both models, into `record`."""
     manifest = json.loads((root / "data" / "prepared" / "manifest.json").read_text())
     lineage = tracking.lineage_tags(params.data.dataset)
     record.update(
-        signature=challenger_score["signature"],
+        signature=scores["challenger"]["signature"],
         split_sha256=manifest["splits"][split]["sha256"],
-        sentences=challenger_score["sentences"],
+        sentences=scores["challenger"]["sentences"],
+        decoding={
+            key: getattr(params.evaluate, key)
+            for key in ("beam_size", "length_penalty", "max_len_margin", "batch_size")
+        },
         data={
             "dataset": params.data.dataset,
             "revision": params.data.revision,
@@ -341,54 +348,49 @@ def retrain(root: Path, params_file: Path, decision: Decision, lock: RunLock) ->
             "git_dirty": lineage["git.dirty"],
             "dvc_lock_sha256": lineage["dvc.lock_sha256"],
         },
-        challenger={
-            "architecture": arch,
-            "run_id": run_id,
-            "bleu": challenger_score["bleu"],
-            "chrf": challenger_score["chrf"],
-            **run_lineage(client, run_id),
-        },
+        challenger={"architecture": arch, "run_id": run_id},
     )
-    if champion is not None:
-        champion_run = client.get_model_version(name, champion).run_id
-        record["champion"] = {
-            "version": champion,
-            "run_id": champion_run,
-            "bleu": champion_score["bleu"],
-            "chrf": champion_score["chrf"],
-            **run_lineage(client, champion_run),
-        }
-    promote, reason = decide(
-        challenger_score["bleu"],
-        None if champion_score is None else champion_score["bleu"],
-        params.retrain.margin_bleu,
-    )
+    if "champion" in scores:
+        version = record["champion_before"]
+        run = client.get_model_version(record["registered_model"], version).run_id
+        record["champion"] = {"version": version, "run_id": run}
+    for side, score in scores.items():
+        tags = client.get_run(record[side]["run_id"]).data.tags
+        record[side].update(
+            bleu=score["bleu"],
+            chrf=score["chrf"],
+            git_commit=tags.get("git.commit", ""),
+            dvc_data_hash=tags.get("dvc.data_hash", ""),
+            parent_run_id=tags.get("mlflow.parentRunId", ""),
+        )
 
-    # Only now does the registry change: register, tag, then (maybe) move the alias.
+
+def settle(client, record: dict[str, Any], folder: Path, promote: bool, reason: str) -> int:
+    """The only registry changes of a pass: register the challenger, tag it, maybe promote it."""
+    name, champion = record["registered_model"], record["champion_before"]
     if registry.champion_version(name, client=client) != champion:
-        raise RetrainError(f"{name}@champion moved while retraining; not touching it")
-    version = registry.log_and_register(run_id, folder, name, client=client)
+        raise RetrainError(f"{name}@champion moved while retraining; leaving it alone")
+    version = registry.log_and_register(record["challenger"]["run_id"], folder, name, client=client)
     record["challenger"]["version"] = version
     if version == champion:
         promote, reason = False, f"the challenger is the champion already (version {version})"
     outcome = "promoted" if promote else "not_promoted"
-    record.update(outcome=outcome, reason=reason, exit_code=_exit_code(promote))
+    record.update(outcome=outcome, reason=reason)
     log.info("%s version %s %s: %s", name, version, outcome.replace("_", " "), reason)
     tag_decision(client, record, name, version)
     if promote:
-        registry.set_champion(name, version, split, reason=f"nmt retrain: {reason}", client=client)
+        registry.set_champion(
+            name, version, record["split"], reason=f"nmt retrain: {reason}", client=client
+        )
     record["champion_after"] = registry.champion_version(name, client=client)
+    record["exit_code"] = EXIT_PROMOTED if promote else EXIT_NOT_PROMOTED
     return record["exit_code"]
-
-
-def _exit_code(promoted: bool) -> int:
-    return EXIT_PROMOTED if promoted else EXIT_NOT_PROMOTED
 
 
 def tag_decision(client, record: dict[str, Any], name: str, version: str) -> None:
     """The decision as tags on the challenger's version, its run and its pipeline's parent run."""
     challenger, champion = record["challenger"], record.get("champion") or {}
-    tags: dict[str, str] = {
+    tags = {
         DECISION_TAG: record["outcome"],
         "retrain.reason": record["reason"],
         "retrain.at": record["started"],
@@ -406,7 +408,7 @@ def tag_decision(client, record: dict[str, Any], name: str, version: str) -> Non
         client.set_model_version_tag(name, version, key, value)
         client.set_tag(challenger["run_id"], key, value)
     parent = challenger["parent_run_id"]
-    if parent:  # the same keys compare writes when it registers by itself
+    if parent:  # with the keys compare writes when it registers by itself
         for key, value in {
             **tags,
             "registry.model": name,
@@ -431,6 +433,7 @@ def _raise_on_signal(signum: int, frame) -> None:
 def main(args: argparse.Namespace) -> int:
     """`nmt retrain`: returns the exit code (see the module docstring and `nmt retrain --help`)."""
     root = tracking.repo_root()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     lock = RunLock(root / args.lock)
     try:
         lock.acquire()

@@ -129,7 +129,10 @@ def lineage_tags(dataset: str) -> dict[str, str]:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor()
     return {
         "git.commit": _git("rev-parse", "HEAD") or "unknown",
-        "git.dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower(),
+        # dvc.lock is rewritten by the pipeline run itself; its hash is tagged separately.
+        "git.dirty": str(
+            bool(_git("status", "--porcelain", "-uno", "--", ".", ":!dvc.lock"))
+        ).lower(),
         "dvc.data_hash": data_hash(dataset),
         "dvc.lock_sha256": file_sha256(root / "dvc.lock"),
         "dvc.exp_name": os.environ.get("DVC_EXP_NAME", ""),

@@ -27,6 +27,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from models import PAD_ID
 from pipelines import tracking
 from pipelines.atomic import atomic_path, atomic_write_json, atomic_write_text
+from pipelines.averaging import apply_checkpoint_average, epoch_checkpoint_callback
 from pipelines.datamodule import TranslationDataModule
 from pipelines.errors import PipelineError, run_main, setup_logging
 from pipelines.lit_module import DivergenceError, TranslationModule
@@ -329,6 +330,9 @@ def build_trainer(
         save_on_train_epoch_end=False,
     )
     callbacks: list[pl.Callback] = [monitor, checkpoint, last]
+    if params.train.checkpoint_average > 1:  # the last N epochs' weights, for averaging
+        folder = paths.checkpoints / arch / "epochs"
+        callbacks.append(epoch_checkpoint_callback(folder, params.train.checkpoint_average))
     if optim.early_stopping_patience > 0:
         callbacks.append(
             EarlyStopping(
@@ -401,7 +405,9 @@ def train(arch: str, params: Params, paths: TrainPaths, params_file: Path) -> di
         if is_zero:
             client.set_tag(run_id, "train.start", start)
     if params.train.compile:
-        module.model = torch.compile(module.model)
+        # In place (nn.Module.compile): state-dict keys stay unprefixed, so export, resume and
+        # checkpoint averaging see the same names as without compile.
+        module.model.compile()
 
     accumulate = accumulation(params.train, world_size(params))
     trainer, monitor, checkpoint = build_trainer(params, arch, paths, run_id, accumulate)
@@ -427,10 +433,23 @@ def train(arch: str, params: Params, paths: TrainPaths, params_file: Path) -> di
         ) from err
     if not trainer.is_global_zero:
         return {}
+    if monitor.rows:  # a run resumed at its very end validates no more: DVC removed the curve
+        write_history(paths.logs / arch / "history.csv", monitor.rows)
 
     best = checkpoint.best_model_path or str(ckpt_dir / "last.ckpt")
     state = torch.load(best, map_location="cpu", weights_only=True)
     module.load_state_dict(state["state_dict"])
+    averaging = None
+    if params.train.checkpoint_average > 1:
+        averaging = apply_checkpoint_average(
+            module,
+            state["state_dict"],
+            ckpt_dir / "epochs",
+            params.train.checkpoint_average,
+            paths.tokenized,
+            params.data.validation_split,
+            params.train.batch_tokens,
+        )
     export_model(module, arch, params, tokenizers, paths.artifacts / arch)
     best_row = max(monitor.rows, key=lambda r: r.get("val_bleu", float("-inf")), default={})
     rates = monitor.tokens_per_sec
@@ -448,6 +467,7 @@ def train(arch: str, params: Params, paths: TrainPaths, params_file: Path) -> di
         "global_batch_tokens": global_batch,
         "world_size": trainer.world_size,
         "device": tracking.lineage_tags(params.data.dataset)["device"],
+        "checkpoint_average": averaging.as_dict() if averaging else None,
     }
     atomic_write_json(paths.artifacts / arch / "training.json", summary)
     client.log_metric(run_id, "train/total_seconds", summary["train_seconds"])

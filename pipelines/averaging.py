@@ -1,0 +1,239 @@
+"""Checkpoint averaging (Vaswani et al. 2017, §6.1: "averaging the last 5 checkpoints"), kept only
+when it beats the best single checkpoint on validation BLEU, since averaging can also hurt
+(tensor2tensor#317).
+
+The average is deterministic: the state dicts are summed in epoch order in float64 and cast back
+to each tensor's dtype, so the same checkpoints always give the same bytes. Checkpoints are read
+with ``weights_only=True``: nothing is unpickled beyond tensors and plain containers.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import sacrebleu
+import torch
+from torch import Tensor
+
+from models import greedy_search
+
+log = logging.getLogger("nmt.averaging")
+
+EPOCH_PATTERN = re.compile(r"epoch(\d+)\.ckpt$")
+
+
+def epoch_checkpoint_name(epoch: int) -> str:
+    """The file name (without ``.ckpt``) the epoch checkpoints are saved under."""
+    return f"epoch{epoch:04d}"
+
+
+def last_epoch_checkpoints(folder: Path, count: int) -> list[Path]:
+    """The `count` most recent ``epochNNNN.ckpt`` files in `folder`, oldest first."""
+    found = []
+    for path in Path(folder).glob("epoch*.ckpt"):
+        match = EPOCH_PATTERN.search(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    found.sort()
+    return [path for _, path in found[-count:]] if count > 0 else []
+
+
+def load_state_dict(path: Path) -> dict[str, Tensor]:
+    """The model weights of a Lightning checkpoint (its ``state_dict``) or of a bare state dict."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    return checkpoint.get("state_dict", checkpoint)
+
+
+def average_state_dicts(state_dicts: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """The element-wise mean of `state_dicts`, which must have the same keys, shapes and dtypes.
+
+    Floating-point tensors are summed in the given order in float64 and cast back; any other
+    tensor (an integer counter, say) must be equal in every state dict and is copied.
+    """
+    if not state_dicts:
+        raise ValueError("average_state_dicts: no state dicts to average")
+    first = state_dicts[0]
+    for index, other in enumerate(state_dicts[1:], start=1):
+        if other.keys() != first.keys():
+            differing = sorted(set(other) ^ set(first))
+            raise ValueError(f"state dict {index} has different keys: {differing[:5]}")
+    averaged: dict[str, Tensor] = {}
+    for key, reference in first.items():
+        tensors = [state[key] for state in state_dicts]
+        for tensor in tensors[1:]:
+            if tensor.shape != reference.shape or tensor.dtype != reference.dtype:
+                raise ValueError(
+                    f"{key}: shape/dtype {tuple(tensor.shape)}/{tensor.dtype} differs from "
+                    f"{tuple(reference.shape)}/{reference.dtype}"
+                )
+        if reference.is_floating_point():
+            total = torch.zeros(reference.shape, dtype=torch.float64)
+            for tensor in tensors:
+                total += tensor.detach().to("cpu", torch.float64)
+            averaged[key] = (total / len(tensors)).to(reference.dtype)
+        else:
+            if any(not torch.equal(tensor, reference) for tensor in tensors[1:]):
+                raise ValueError(f"{key}: non-floating tensor differs between checkpoints")
+            averaged[key] = reference.detach().clone().cpu()
+    return averaged
+
+
+def average_checkpoints(paths: Sequence[Path]) -> dict[str, Tensor]:
+    """Load the checkpoints at `paths` (weights only) and average their weights."""
+    return average_state_dicts([load_state_dict(path) for path in paths])
+
+
+def keep_averaged(best_bleu: float, averaged_bleu: float) -> bool:
+    """The selection rule: the averaged model replaces the best single one only if it is better.
+
+    Both scores must come from the same procedure on the validation split; a tie keeps the
+    single checkpoint (the averaged one is not better, and the single one was actually trained).
+    """
+    return averaged_bleu > best_bleu
+
+
+def validation_bleu(
+    model: torch.nn.Module,
+    loader: Any,
+    detokenize: Callable[[list[list[int]]], list[str]],
+    references: Sequence[str],
+    max_len_margin: int,
+    device: torch.device | str,
+) -> float:
+    """Corpus BLEU of greedy translations of the validation loader, as the training loop scores it.
+
+    Every batch holds ``src`` and ``index`` (the example ids); each example is scored once, in
+    split order, against ``references[index]``.
+    """
+    outputs: list[tuple[int, list[int]]] = []
+    for batch in loader:
+        hypotheses = greedy_search(model, batch["src"].to(device), max_len_margin=max_len_margin)
+        outputs.extend(zip(batch["index"].tolist(), (h.tokens for h in hypotheses), strict=True))
+    outputs.sort()
+    texts = detokenize([tokens for _, tokens in outputs])
+    refs = [references[index] for index, _ in outputs]
+    return sacrebleu.corpus_bleu(texts, [refs]).score if texts else 0.0
+
+
+@dataclass
+class AveragingResult:
+    """What averaging did, for the training summary."""
+
+    checkpoints: list[str]
+    best_val_bleu: float
+    averaged_val_bleu: float
+    kept: str  # "averaged" or "best"
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def select_average(
+    model: torch.nn.Module,
+    best_state: dict[str, Tensor],
+    checkpoint_paths: Sequence[Path],
+    score: Callable[[torch.nn.Module], float],
+    prefix: str = "model.",
+) -> AveragingResult:
+    """Score the best checkpoint and the average of `checkpoint_paths` with `score`; leave the
+    winner's weights loaded in `model`.
+
+    `best_state` and the checkpoints hold a LightningModule's state dict, whose keys start with
+    `prefix`; `model` is the bare network they are loaded into.
+    """
+
+    def strip(state: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+
+    best_weights = strip(best_state)
+    averaged_weights = strip(average_checkpoints(checkpoint_paths))
+    model.load_state_dict(best_weights)
+    best_bleu = score(model)
+    model.load_state_dict(averaged_weights)
+    averaged_bleu = score(model)
+    kept = "averaged" if keep_averaged(best_bleu, averaged_bleu) else "best"
+    if kept == "best":
+        model.load_state_dict(best_weights)
+    log.info(
+        "checkpoint averaging of %d checkpoints: validation BLEU %.2f (best single %.2f): kept %s",
+        len(checkpoint_paths),
+        averaged_bleu,
+        best_bleu,
+        kept,
+    )
+    return AveragingResult(
+        checkpoints=[Path(p).name for p in checkpoint_paths],
+        best_val_bleu=round(best_bleu, 4),
+        averaged_val_bleu=round(averaged_bleu, 4),
+        kept=kept,
+    )
+
+
+def epoch_checkpoint_callback(folder: Path, count: int):
+    """A ModelCheckpoint keeping the weights of the last `count` epochs (after validation)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    return ModelCheckpoint(
+        dirpath=folder,
+        filename=epoch_checkpoint_name(0).replace("0000", "{epoch:04d}"),
+        monitor="epoch",
+        mode="max",
+        save_top_k=count,
+        save_weights_only=True,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+        save_on_train_epoch_end=False,
+    )
+
+
+def apply_checkpoint_average(
+    module: Any,
+    best_state: dict[str, Tensor],
+    folder: Path,
+    count: int,
+    tokenized: Path,
+    validation_split: str,
+    batch_tokens: int,
+) -> AveragingResult | None:
+    """Average the last `count` epoch checkpoints in `folder` into ``module.model`` if that beats
+    `best_state` on validation BLEU (greedy, the whole split on this process, fp32).
+
+    ``module`` is the TranslationModule (its ``detokenize``, ``val_references`` and
+    ``hparams.val_max_len_margin`` are used). Returns None when fewer than two checkpoints exist.
+    """
+    from torch.utils.data import DataLoader
+
+    from pipelines.batching import TokenBucketBatchSampler, TranslationDataset, collate
+    from pipelines.tokenizer import load_split
+
+    paths = last_epoch_checkpoints(folder, count)
+    if len(paths) < 2:
+        log.info("checkpoint averaging skipped: %d epoch checkpoint(s) in %s", len(paths), folder)
+        return None
+    corpus = load_split(tokenized, validation_split)
+    sampler = TokenBucketBatchSampler(
+        corpus.src_lengths, corpus.tgt_lengths, batch_tokens, shuffle=False
+    )
+    loader = DataLoader(TranslationDataset(corpus), batch_sampler=sampler, collate_fn=collate)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = module.model.to(device)
+
+    def score(candidate: torch.nn.Module) -> float:
+        return validation_bleu(
+            candidate,
+            loader,
+            module.detokenize,
+            module.val_references,
+            module.hparams.val_max_len_margin,
+            device,
+        )
+
+    try:
+        return select_average(model, best_state, paths, score)
+    finally:
+        model.to("cpu")
