@@ -197,11 +197,24 @@ def build_parser() -> argparse.ArgumentParser:
     retrain = commands.add_parser(
         "retrain",
         help="scheduled retraining: pull new data, retrain, promote only if better",
-        description="One idempotent retraining pass for a scheduler. Exit codes: 0 up to date, "
-        "10 promoted, 11 not promoted, 1 failed, 75 locked by another run.",
+        description="One idempotent retraining pass for a scheduler (cron, systemd, CI): take a "
+        "lock; bring in the latest code and data (git pull --ff-only and dvc pull when the branch "
+        "has an upstream, else the workspace as it is); if anything changed, run `dvc repro`, "
+        "score the new model and the champion on the promotion test split with the same beam "
+        "settings and sacreBLEU signature, and move `champion` only if the new one reaches the "
+        "champion's BLEU + retrain.margin_bleu. Each decision goes to "
+        "reports/retrain/<UTC time>.json and to MLflow tags. Exit codes: 0 up to date, "
+        "10 promoted, 11 not promoted, 1 failed (champion untouched), 75 locked by another run.",
     )
-    retrain.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
-    retrain.add_argument("--lock", type=Path, default=Path(".nmt-retrain.lock"), help="lock file")
+    retrain.add_argument(
+        "--params", type=Path, default=Path("params.yaml"),
+        help="the params file retrain reads, relative to the repository root (the pipeline "
+        "itself always reads params.yaml)",
+    )  # fmt: skip
+    retrain.add_argument(
+        "--lock", type=Path, default=Path(".nmt-retrain.lock"),
+        help="lock file, relative to the repository root (default .nmt-retrain.lock)",
+    )  # fmt: skip
     retrain.set_defaults(func=cmd_retrain)
     return parser
 

@@ -447,6 +447,7 @@ def main(args: argparse.Namespace) -> int:
         started=started.isoformat(timespec="seconds"),
         record_file=str(RECORDS / f"{decision.stamp}.json"),
     )
+    log.info("nmt retrain in %s, pid %d, %s", root, os.getpid(), decision.record["started"])
     clock = time.monotonic()
     try:
         code = retrain(root, root / args.params, decision, lock)

@@ -323,3 +323,59 @@ def test_two_retrains_at_once_one_trains_the_other_is_locked(setup):
     assert_consistent(setup.deploy, new[0], Outcome(codes[ran], outputs[ran], 0.0))
     start = client(setup.deploy).get_run(new[0]["challenger"]["run_id"]).data.tags["train.start"]
     assert start.startswith(("warm: fine-tuning champion-v", "cold: the vocabulary changed"))
+
+
+def test_warm_start_takes_the_champions_weights_only_when_they_fit(setup, tmp_path):
+    import mlflow
+    import torch
+    from safetensors.torch import load_file
+
+    from models import build_model
+    from pipelines.train import warm_start
+    from pipelines.vocab import Tokenizers
+
+    folder = setup.deploy / "artifacts" / "transformer"  # trained on the current vocabulary
+    config = json.loads((folder / "config.json").read_text())
+    tokenizers = Tokenizers.load(setup.deploy / "data" / "tokenized")
+
+    def fresh(model_config):
+        return build_model(model_config, tokenizers.src_vocab_size, tokenizers.tgt_vocab_size)
+
+    model = fresh(config["model"])
+    assert warm_start(model, folder, tokenizers, config["model"]).startswith("warm: ")
+    for key, value in load_file(folder / "model.safetensors").items():
+        assert torch.equal(model.state_dict()[key], value), key
+    wider = dict(config["model"], d_ff=2 * config["model"]["d_ff"])
+    assert warm_start(fresh(wider), folder, tokenizers, wider).startswith("cold: ")
+    # Version 1 was trained on corpus v1, whose subword vocabulary differs from today's.
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{setup.deploy / 'mlruns' / 'mlflow.db'}")
+    try:
+        first = registry.download_model_folder(f"models:/{MODEL}/1", tmp_path)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    model = fresh(config["model"])
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    start = warm_start(model, first, tokenizers, config["model"])
+    assert start.startswith("cold: the vocabulary changed"), start
+    assert all(torch.equal(model.state_dict()[key], value) for key, value in before.items())
+
+
+def test_a_failed_retrain_changes_nothing_and_says_so(setup):
+    edit_params(setup, evaluate__beam_size=3)
+    publish(setup, "wider beam")
+    params_file = setup.deploy / "params.yaml"
+    params_file.write_text(params_file.read_text() + "# a local edit: git pull cannot go on\n")
+    before, known = champion(setup.deploy), versions(setup.deploy)
+    count = len(records(setup.deploy))
+    try:
+        outcome = retrain_once(setup.deploy)
+    finally:
+        git(setup.deploy, "checkout", "--", "params.yaml")
+    assert outcome.code == retrain.EXIT_FAILED, outcome.output
+    assert "retrain failed: `git pull --ff-only --quiet` failed" in outcome.output
+    assert champion(setup.deploy) == before and versions(setup.deploy) == known
+    assert not (setup.deploy / ".nmt-retrain.lock").exists()
+    [record] = records(setup.deploy)[count:]
+    assert record["outcome"] == "failed" and record["exit_code"] == retrain.EXIT_FAILED
+    assert "git pull" in record["reason"]

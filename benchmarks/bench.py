@@ -1,0 +1,617 @@
+"""One-GPU benchmarks: training throughput, peak memory and MFU per architecture against Hugging
+Face ``MarianMTModel`` on the same configuration, batches and precision; beam-search decoding
+speed; and the time-to-BLEU table of finished training runs.
+
+    python -m benchmarks.bench throughput --params profiles/gpu.yaml --out bench.json
+    python -m benchmarks.bench decode --model artifacts/transformer --out decode.json
+    python -m benchmarks.bench report results/ --out summary.json
+
+Throughput counts non-pad source + target tokens per second of full training steps (bf16
+autocast forward, label-smoothed loss, backward, gradient clipping, fused AdamW), timed between
+``torch.cuda.synchronize()`` calls after warm-up steps, over the same token-bucket batches for
+every model. MFU = 6 × parameters × tokens/s ÷ the bf16 matrix-product rate measured in the same
+process (an 8192³ product). Each token only passes through its own side (the encoder for source
+tokens, the decoder and output layer for target tokens), so the same figure is also reported with
+6 × (encoder parameters × source tokens + decoder parameters × target tokens) ("sided").
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from models import BOS_ID, EOS_ID, PAD_ID, build_model
+from pipelines.batching import TokenBucketBatchSampler, TranslationDataset, collate
+from pipelines.lit_module import label_smoothed_nll
+from pipelines.params import load_params
+from pipelines.tokenizer import load_split
+
+log = logging.getLogger("nmt.bench")
+
+BATCH_KEYS = ("src", "tgt_in", "tgt_out")
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+def environment() -> dict[str, Any]:
+    """Versions and device, for every result file."""
+    info: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+    }
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        info["transformers"] = None
+    try:
+        import lightning
+
+        info["lightning"] = lightning.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def matmul_tflops(size: int = 8192, repeats: int = 10, device: str = "cuda") -> float:
+    """Measured bf16 dense matrix-product rate (TFLOP/s, median of `repeats`) on random data."""
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(size, size, device=device, dtype=torch.bfloat16, generator=generator)
+    b = torch.randn(size, size, device=device, dtype=torch.bfloat16, generator=generator)
+    for _ in range(3):
+        a @ b
+    synchronize()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        synchronize()
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e12
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+@dataclass
+class Batches:
+    """Collated, pinned token-bucket batches and their real-token counts (host-side)."""
+
+    tensors: list[dict[str, Tensor]]
+    src_tokens: list[int]
+    tgt_tokens: list[int]
+    stats: dict[str, float]
+
+
+def load_batches(
+    tokenized: Path, split: str, batch_tokens: int, count: int, seed: int = 0
+) -> Batches:
+    """The first `count` batches of the training loader's epoch-0 plan (cycled if fewer)."""
+    corpus = load_split(tokenized, split)
+    sampler = TokenBucketBatchSampler(
+        corpus.src_lengths, corpus.tgt_lengths, batch_tokens, shuffle=True, seed=seed
+    )
+    dataset = TranslationDataset(corpus)
+    plan = sampler.batches()
+    tensors, src_tokens, tgt_tokens = [], [], []
+    for i in range(count):
+        batch = collate([dataset[index] for index in plan[i % len(plan)]])
+        pinned = {key: batch[key] for key in BATCH_KEYS}
+        if torch.cuda.is_available():
+            pinned = {key: value.pin_memory() for key, value in pinned.items()}
+        tensors.append(pinned)
+        src_tokens.append(int((batch["src"] != PAD_ID).sum()))
+        tgt_tokens.append(int((batch["tgt_out"] != PAD_ID).sum()))
+    return Batches(tensors, src_tokens, tgt_tokens, sampler.stats())
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def sided_parameters(model: nn.Module) -> tuple[int, int]:
+    """(encoder, decoder) parameters that multiply each source / target token's activations.
+
+    Embedding lookups are no matrix products and are left out; a tied output projection counts on
+    the decoder side. Works for this project's models and for MarianMTModel.
+    """
+
+    def count(modules: list[nn.Module | None]) -> int:
+        seen: set[int] = set()
+        total = 0
+        for module in modules:
+            if module is None:
+                continue
+            for param in module.parameters():
+                if id(param) not in seen:
+                    seen.add(id(param))
+                    total += param.numel()
+        return total
+
+    if hasattr(model, "encoder_layers"):  # TransformerSeq2Seq
+        encoder = count([*model.encoder_layers, model.encoder_norm])
+        decoder = count([*model.decoder_layers, model.decoder_norm, model.output_projection])
+    elif hasattr(model, "bridge"):  # RecurrentSeq2Seq
+        encoder = count([model.encoder])
+        decoder = count(
+            [model.bridge, model.decoder, model.attention, model.combine, model.output_projection]
+        )
+    else:  # MarianMTModel
+        encoder = count([model.model.encoder.layers])
+        decoder = count([model.model.decoder.layers, model.lm_head])
+    return encoder, decoder
+
+
+def marian_for(config: dict[str, Any], vocab_size: int) -> nn.Module:
+    """Hugging Face MarianMTModel with the architecture of a TransformerConfig dict, untrained."""
+    from transformers import MarianConfig, MarianMTModel
+
+    if config.get("norm", "post") != "post":
+        raise ValueError("MarianMTModel is post-LayerNorm; compare it with a norm: post config")
+    marian_config = MarianConfig(
+        vocab_size=vocab_size,
+        decoder_vocab_size=vocab_size,
+        d_model=config["d_model"],
+        encoder_layers=config["encoder_layers"],
+        decoder_layers=config["decoder_layers"],
+        encoder_attention_heads=config["n_heads"],
+        decoder_attention_heads=config["n_heads"],
+        encoder_ffn_dim=config["d_ff"],
+        decoder_ffn_dim=config["d_ff"],
+        activation_function=config.get("activation", "relu"),
+        dropout=config.get("dropout", 0.1),
+        attention_dropout=config.get("attention_dropout", 0.0),
+        activation_dropout=0.0,
+        encoder_layerdrop=0.0,
+        decoder_layerdrop=0.0,
+        max_position_embeddings=config.get("max_len", 1024),
+        scale_embedding=True,
+        share_encoder_decoder_embeddings=True,
+        tie_word_embeddings=config.get("tie_embeddings", True),
+        pad_token_id=PAD_ID,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        decoder_start_token_id=BOS_ID,
+        forced_eos_token_id=EOS_ID,
+        use_cache=False,
+    )
+    try:
+        return MarianMTModel._from_config(marian_config, attn_implementation="sdpa")
+    except (TypeError, ValueError) as err:  # an older/newer transformers without the keyword
+        log.warning("MarianMTModel without attn_implementation=sdpa: %s", err)
+        return MarianMTModel(marian_config)
+
+
+def optimizer_for(model: nn.Module, lr: float, betas: list[float], weight_decay: float):
+    """AdamW as lit_module configures it: no decay on biases and norms; fused on CUDA."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=torch.cuda.is_available())
+
+
+def make_step(
+    model: nn.Module,
+    forward: Callable[[Tensor, Tensor], Tensor],
+    optimizer: torch.optim.Optimizer,
+    label_smoothing: float,
+    clip: float,
+    precision: str,
+) -> Callable[[dict[str, Tensor]], Tensor]:
+    """One training step as Lightning's bf16-mixed loop runs lit_module.training_step."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    autocast = precision.startswith("bf16")
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step(batch: dict[str, Tensor]) -> Tensor:
+        src, tgt_in, tgt_out = (batch[k].to(device, non_blocking=True) for k in BATCH_KEYS)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+            logits = forward(src, tgt_in)
+            smoothed, _ = label_smoothed_nll(logits, tgt_out, label_smoothing)
+            loss = smoothed / (tgt_out != PAD_ID).sum()
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    return step
+
+
+def count_syncs(step: Callable, batches: list[dict[str, Tensor]]) -> int | None:
+    """Host-device synchronisations during `batches` steps (CUDA's sync debug mode), or None."""
+    if not torch.cuda.is_available():
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for batch in batches:
+                step(batch)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    synchronize()
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def measure(
+    name: str,
+    model: nn.Module,
+    forward: Callable[[Tensor, Tensor], Tensor],
+    batches: Batches,
+    optim: Any,
+    train: Any,
+    warmup: int,
+    steps: int,
+    repeats: int,
+    peak_tflops: float | None,
+    compiled: bool = False,
+) -> dict[str, Any]:
+    """Throughput, peak memory, MFU and host syncs of `steps` training steps after `warmup`."""
+    optimizer = optimizer_for(model, optim.lr, optim.betas, optim.weight_decay)
+    step = make_step(
+        model, forward, optimizer, optim.label_smoothing, train.gradient_clip_val, train.precision
+    )
+    model.train()
+    started = time.perf_counter()
+    for batch in batches.tensors[:warmup]:
+        step(batch)
+    synchronize()
+    warmup_seconds = time.perf_counter() - started
+    syncs = count_syncs(step, batches.tensors[warmup : warmup + 3])
+    timed = batches.tensors[warmup : warmup + steps]
+    src_tokens = sum(batches.src_tokens[warmup : warmup + steps])
+    tgt_tokens = sum(batches.tgt_tokens[warmup : warmup + steps])
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    seconds = []
+    for _ in range(repeats):
+        synchronize()
+        start = time.perf_counter()
+        for batch in timed:
+            losses = step(batch)
+        synchronize()
+        seconds.append(time.perf_counter() - start)
+    finite = bool(torch.isfinite(losses).item())
+    elapsed = statistics.median(seconds)
+    tokens_per_sec = (src_tokens + tgt_tokens) / elapsed
+    parameters = sum(p.numel() for p in model.parameters())
+    encoder_params, decoder_params = sided_parameters(model)
+    result = {
+        "name": name,
+        "compiled": compiled,
+        "parameters": parameters,
+        "encoder_parameters": encoder_params,
+        "decoder_parameters": decoder_params,
+        "steps": len(timed),
+        "repeats": repeats,
+        "seconds_per_repeat": [round(s, 4) for s in seconds],
+        "ms_per_step": round(1000 * elapsed / len(timed), 3),
+        "src_tokens": src_tokens,
+        "tgt_tokens": tgt_tokens,
+        "tokens_per_sec": round(tokens_per_sec, 1),
+        "sentences_per_batch": round(sum(b["src"].size(0) for b in timed) / max(len(timed), 1), 1),
+        "warmup_steps": warmup,
+        "warmup_seconds": round(warmup_seconds, 2),
+        "host_syncs_per_step": None if syncs is None else syncs / 3,
+        "loss_finite": finite,
+    }
+    if torch.cuda.is_available():
+        result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+    if peak_tflops:
+        flops = 6 * parameters * tokens_per_sec
+        sided = 6 * (encoder_params * src_tokens + decoder_params * tgt_tokens) / elapsed
+        result["model_tflops"] = round(flops / 1e12, 2)
+        result["mfu"] = round(flops / (peak_tflops * 1e12), 4)
+        result["mfu_sided"] = round(sided / (peak_tflops * 1e12), 4)
+    log.info(
+        "%s%s: %.0f tokens/s, %.2f ms/step, peak %.2f GiB, MFU %s, syncs/step %s",
+        name,
+        " (compiled)" if compiled else "",
+        tokens_per_sec,
+        result["ms_per_step"],
+        result.get("peak_memory_gib", 0.0),
+        result.get("mfu"),
+        result["host_syncs_per_step"],
+    )
+    return result
+
+
+def throughput(args: argparse.Namespace) -> dict[str, Any]:
+    params = load_params(args.params)
+    archs = args.archs or list(params.models)
+    meta = json.loads((args.tokenized / "tokenizer.json").read_text())
+    vocab_size = meta["src_vocab_size"]
+    batch_tokens = args.batch_tokens or params.train.batch_tokens
+    batches = load_batches(
+        args.tokenized, params.data.train_split, batch_tokens, args.warmup + args.steps + 3
+    )
+    results: dict[str, Any] = {
+        "environment": environment(),
+        "params": str(args.params),
+        "batch_tokens": batch_tokens,
+        "precision": params.train.precision,
+        "padding": batches.stats,
+        "definition": {
+            "tokens_per_sec": "non-pad source + target tokens of timed training steps / seconds",
+            "mfu": "6 * parameters * tokens_per_sec / measured bf16 matmul rate",
+            "mfu_sided": "6 * (encoder_params * src_tokens + decoder_params * tgt_tokens) "
+            "/ seconds / measured bf16 matmul rate",
+        },
+        "runs": [],
+    }
+    peak = None
+    if torch.cuda.is_available():
+        peak = matmul_tflops()
+        results["bf16_matmul_tflops"] = round(peak, 1)
+        log.info("bf16 matmul: %.1f TFLOP/s", peak)
+    deadline = time.monotonic() + args.max_seconds
+    jobs: list[tuple[str, str, bool]] = [(arch, "ours", False) for arch in archs]
+    if args.marian:
+        jobs.append((args.marian, "marian", False))
+    for arch in args.compile or []:
+        jobs.append((arch, "ours", True))
+    if args.marian and args.compile_marian:
+        jobs.append((args.marian, "marian", True))
+    for arch, kind, compiled in jobs:
+        if time.monotonic() > deadline:
+            log.warning("time budget spent: skipping %s %s", kind, arch)
+            results["runs"].append({"name": arch, "kind": kind, "skipped": "time budget"})
+            continue
+        arch_params = params.arch(arch)
+        torch.manual_seed(params.seed)
+        try:
+            if kind == "ours":
+                model = build_model(arch_params.model, vocab_size).to(args.device)
+                forward = model
+                name = arch
+            else:
+                model = marian_for(arch_params.model, vocab_size).to(args.device)
+
+                def forward(src: Tensor, tgt_in: Tensor, model=model) -> Tensor:
+                    # No decoder padding mask: target padding is at the end, so the causal mask
+                    # alone gives real positions the same context (as in TransformerSeq2Seq).
+                    return model(
+                        input_ids=src, attention_mask=src != PAD_ID, decoder_input_ids=tgt_in
+                    ).logits
+
+                name = f"marian({arch})"
+            if compiled:
+                model.compile(dynamic=True)
+            run = measure(
+                name,
+                model,
+                model if kind == "ours" else forward,
+                batches,
+                arch_params.optim,
+                params.train,
+                args.warmup,
+                args.steps,
+                args.repeats,
+                peak,
+                compiled,
+            )
+            run["kind"] = kind
+            run["arch"] = arch
+            if kind == "marian":
+                run["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
+            results["runs"].append(run)
+        except Exception as err:  # one failing model must not lose the others' numbers
+            log.exception("%s %s failed", kind, arch)
+            results["runs"].append(
+                {"name": arch, "kind": kind, "compiled": compiled, "error": repr(err)}
+            )
+        finally:
+            model = forward = None
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    results["speedup_vs_marian"] = speedups(results["runs"])
+    return results
+
+
+def speedups(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """tokens/s of our model over MarianMTModel's at the same architecture, eager and compiled."""
+    done = [r for r in runs if "tokens_per_sec" in r]
+    ratios = {}
+    for reference in (r for r in done if r["kind"] == "marian"):
+        for ours in (r for r in done if r["kind"] == "ours" and r["arch"] == reference["arch"]):
+            mode = "compiled" if ours["compiled"] else "eager"
+            marian_mode = "compiled" if reference["compiled"] else "eager"
+            key = f"ours_{mode}_vs_marian_{marian_mode}"
+            ratios[key] = round(ours["tokens_per_sec"] / reference["tokens_per_sec"], 3)
+    return ratios
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def decode(args: argparse.Namespace) -> dict[str, Any]:
+    from pipelines.evaluate import read_pairs
+    from pipelines.translator import Translator
+
+    translator = Translator.load(args.model, device=args.device)
+    sources, _ = read_pairs(args.prepared / f"{args.split}.jsonl")
+    translator.translate(sources[:64], beam_size=args.beam, batch_size=args.batch_size)  # warm-up
+    result: dict[str, Any] = {
+        "environment": environment(),
+        "model": str(args.model),
+        "split": args.split,
+        "beam_size": args.beam,
+        "length_penalty": args.length_penalty,
+        "runs": [],
+    }
+    for batch_size, count in ((args.batch_size, len(sources)), (1, args.unbatched_sentences)):
+        subset = sources[:count]
+        synchronize()
+        start = time.perf_counter()
+        translator.translate(
+            subset,
+            beam_size=args.beam,
+            length_penalty=args.length_penalty,
+            batch_size=batch_size,
+        )
+        synchronize()
+        seconds = time.perf_counter() - start
+        result["runs"].append(
+            {
+                "batch_size": batch_size,
+                "sentences": len(subset),
+                "seconds": round(seconds, 3),
+                "sentences_per_sec": round(len(subset) / seconds, 1),
+            }
+        )
+        log.info(
+            "%s beam %d batch %d: %.1f sentences/s",
+            args.model,
+            args.beam,
+            batch_size,
+            len(subset) / seconds,
+        )
+    batched, single = result["runs"]
+    result["batched_speedup"] = round(batched["sentences_per_sec"] / single["sentences_per_sec"], 2)
+    return result
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def time_to_bleu(history: Path) -> dict[str, Any]:
+    """Wall-clock training seconds against validation BLEU from a run's history.csv."""
+    with open(history, encoding="utf-8") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("val_bleu")]
+    if not rows:
+        return {}
+    curve = [(float(r["train_seconds"]), float(r["val_bleu"]), int(r["epoch"])) for r in rows]
+    best_seconds, best_bleu, best_epoch = max(curve, key=lambda c: (c[1], -c[0]))
+    summary = {
+        "epochs": len(curve),
+        "best_val_bleu": best_bleu,
+        "best_epoch": best_epoch,
+        "seconds_to_best": best_seconds,
+        "total_seconds": curve[-1][0],
+        "curve": [{"seconds": s, "val_bleu": b, "epoch": e} for s, b, e in curve],
+    }
+    for fraction in (0.95, 0.99):
+        reached = next(s for s, b, _ in curve if b >= fraction * best_bleu)
+        summary[f"seconds_to_{int(fraction * 100)}pct_of_best"] = reached
+    return summary
+
+
+def report(args: argparse.Namespace) -> dict[str, Any]:
+    """Gather every run folder under `args.results` (training.json, history, metrics)."""
+    runs = {}
+    for training in sorted(args.results.glob("*/artifacts/*/training.json")):
+        job = training.parents[2]
+        arch = training.parent.name
+        entry: dict[str, Any] = {"training": json.loads(training.read_text())}
+        history = job / "logs" / arch / "history.csv"
+        if history.exists():
+            entry["time_to_bleu"] = time_to_bleu(history)
+        metrics = job / "metrics" / f"{arch}.json"
+        if metrics.exists():
+            entry["test"] = {
+                split: {"bleu": v["bleu"], "chrf": v["chrf"], "signature": v["signature"]}
+                for split, v in json.loads(metrics.read_text()).items()
+            }
+        runs[job.name] = entry
+    return {"runs": runs}
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    tp = sub.add_parser("throughput", help="training tokens/s, peak memory, MFU; vs Marian")
+    tp.add_argument("--params", type=Path, default=Path("profiles/gpu.yaml"))
+    tp.add_argument("--tokenized", type=Path, default=Path("data/tokenized"))
+    tp.add_argument("--archs", nargs="*", help="entries of `models` (default: all)")
+    tp.add_argument("--marian", default="transformer_base", help="arch Marian mirrors ('' off)")
+    tp.add_argument("--compile", nargs="*", help="archs also measured with torch.compile")
+    tp.add_argument("--compile-marian", action="store_true")
+    tp.add_argument("--batch-tokens", type=int, default=0, help="default: train.batch_tokens")
+    tp.add_argument("--warmup", type=int, default=10)
+    tp.add_argument("--steps", type=int, default=40)
+    tp.add_argument("--repeats", type=int, default=2)
+    tp.add_argument("--max-seconds", type=float, default=400, help="skip jobs after this")
+    tp.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    tp.add_argument("--out", type=Path, required=True)
+    dp = sub.add_parser("decode", help="beam-search sentences/s, batched and one at a time")
+    dp.add_argument("--model", type=Path, required=True, help="an exported artifacts/<arch>")
+    dp.add_argument("--prepared", type=Path, default=Path("data/prepared"))
+    dp.add_argument("--split", default="test_2016_flickr")
+    dp.add_argument("--beam", type=int, default=5)
+    dp.add_argument("--length-penalty", type=float, default=0.6)
+    dp.add_argument("--batch-size", type=int, default=64)
+    dp.add_argument("--unbatched-sentences", type=int, default=100)
+    dp.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    dp.add_argument("--out", type=Path, required=True)
+    rp = sub.add_parser("report", help="time-to-BLEU and test scores of finished runs")
+    rp.add_argument("results", type=Path, help="a folder of run folders (jobs)")
+    rp.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    handler = {"throughput": throughput, "decode": decode, "report": report}[args.command]
+    result = handler(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    if args.command == "throughput":
+        print_throughput_table(result, sys.stdout)
+
+
+def print_throughput_table(result: dict[str, Any], stream) -> None:
+    stream.write(
+        f"\n{result['environment']['device']}  torch {result['environment']['torch']}  "
+        f"bf16 matmul {result.get('bf16_matmul_tflops')} TFLOP/s  batch_tokens "
+        f"{result['batch_tokens']}  padding {result['padding']['padding_fraction']:.3f}\n"
+    )
+    stream.write(
+        f"{'model':32s} {'params':>8s} {'tok/s':>10s} {'ms/step':>8s} {'GiB':>6s} "
+        f"{'MFU':>6s} {'sided':>6s} {'syncs':>5s}\n"
+    )
+    for run in result["runs"]:
+        label = run["name"] + (" +compile" if run.get("compiled") else "")
+        if "tokens_per_sec" not in run:
+            stream.write(f"{label:32s} {run.get('error') or run.get('skipped')}\n")
+            continue
+        stream.write(
+            f"{label:32s} {run['parameters'] / 1e6:7.1f}M {run['tokens_per_sec']:10.0f} "
+            f"{run['ms_per_step']:8.2f} {run.get('peak_memory_gib', 0):6.2f} "
+            f"{run.get('mfu', 0):6.3f} {run.get('mfu_sided', 0):6.3f} "
+            f"{run['host_syncs_per_step']!s:>5s}\n"
+        )
+    stream.write(f"speedup vs Marian: {result.get('speedup_vs_marian')}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,327 @@
+"""One GPU session, scripted: environment, GPU tests, throughput benchmark, then training runs of
+the real stages (``benchmarks.train_budget`` = ``pipelines.train`` + a wall-clock budget, then
+``pipelines.evaluate --device cuda``, then the decoding benchmark), all inside one deadline.
+
+Every run works in its own folder (``<work>/<run>``: the code linked, data/prepared and
+data/tokenized linked, its own params.yaml and MLflow store), so runs may share the GPU. What a
+session produced is packed into ``<out>/results.tar.gz`` (no weights or checkpoints) with the
+session log; ``python -m benchmarks.bench report`` turns the unpacked folder into tables.
+
+    python -m benchmarks.gpu_session --plan final --out "$OUT" --deadline-s 560
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger("nmt.session")
+
+REPO = Path(__file__).resolve().parents[1]
+LINKED = ("models", "pipelines", "benchmarks")
+
+
+@dataclass
+class Run:
+    """One training run: an architecture of the profile, with optional overrides."""
+
+    name: str
+    arch: str
+    budget_s: float
+    overrides: dict[str, Any] = field(default_factory=dict)
+    decode_bench: bool = False
+
+
+def _lstm_opt(**optim: Any) -> dict[str, Any]:
+    return {"models": {arch: {"optim": optim} for arch in ("lstm_additive", "lstm_none")}}
+
+
+# The sweep runs concurrently (timings are upper bounds); the final runs one at a time.
+PLANS: dict[str, dict[str, Any]] = {
+    "sweep": {
+        "gpu_tests": True,
+        "bench": ["--steps", "3", "--warmup", "2", "--repeats", "1", "--max-seconds", "60"],
+        "concurrent": True,
+        "runs": [
+            Run("t4_b8k", "transformer", 400),
+            Run(
+                "t4_b4k",
+                "transformer",
+                400,
+                {
+                    "train": {"batch_tokens": 4096},
+                    "models": {"transformer": {"optim": {"warmup_steps": 1000}}},
+                },
+            ),
+            Run(
+                "t3_b8k_lr15",
+                "transformer",
+                400,
+                {
+                    "models": {
+                        "transformer": {
+                            "model": {"encoder_layers": 3, "decoder_layers": 3},
+                            "optim": {"lr": 0.0015},
+                        }
+                    }
+                },
+            ),
+            Run("ladd_b8k", "lstm_additive", 400),
+            Run("ladd_b4k", "lstm_additive", 400, {"train": {"batch_tokens": 4096}}),
+            Run("lnone_b8k", "lstm_none", 400),
+        ],
+    },
+    "final": {
+        "gpu_tests": False,
+        "bench": [
+            "--compile",
+            "transformer_base",
+            "transformer",
+            "--compile-marian",
+            "--max-seconds",
+            "240",
+        ],
+        "concurrent": False,
+        "runs": [Run("transformer", "transformer", 300, decode_bench=True)],
+    },
+}
+
+
+def deep_update(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(tree.get(key), dict):
+            deep_update(tree[key], value)
+        else:
+            tree[key] = value
+    return tree
+
+
+def make_workdir(work: Path, run: Run, profile: dict[str, Any]) -> Path:
+    folder = work / run.name
+    if folder.exists():
+        shutil.rmtree(folder)
+    (folder / "data").mkdir(parents=True)
+    for name in LINKED:
+        (folder / name).symlink_to(REPO / name)
+    for name in ("prepared", "tokenized"):
+        (folder / "data" / name).symlink_to(REPO / "data" / name)
+    shutil.copy2(REPO / "dvc.yaml", folder / "dvc.yaml")  # marks the root of the MLflow store
+    params = deep_update(copy.deepcopy(profile), run.overrides)
+    params["architectures"] = [run.arch]
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return folder
+
+
+def run_env(folder: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(folder), *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("OMP_NUM_THREADS", "2")
+    return env
+
+
+def commands(run: Run, budget_s: float, device: str = "cuda") -> list[list[str]]:
+    py = sys.executable
+    stage = ["--arch", run.arch, "--params", "params.yaml"]
+    cmds = [
+        [py, "-m", "benchmarks.train_budget", "--budget-s", f"{budget_s:.0f}", *stage],
+        [py, "-m", "pipelines.evaluate", *stage, "--device", device],
+    ]
+    if run.decode_bench:
+        model = f"artifacts/{run.arch}"
+        bench = [py, "-m", "benchmarks.bench", "decode", "--model", model, "--device", device]
+        cmds.append([*bench, "--out", "decode.json"])
+    return cmds
+
+
+class RunProcess:
+    """The run's commands one after the other, each started when the previous one succeeded."""
+
+    def __init__(
+        self, run: Run, folder: Path, deadline: float, eval_reserve_s: float, device: str
+    ) -> None:
+        self.run, self.folder, self.deadline = run, folder, deadline
+        budget = min(run.budget_s, deadline - time.monotonic() - eval_reserve_s)
+        self.pending = commands(run, max(budget, 10.0), device)
+        self.timings: list[dict[str, Any]] = []
+        self.process: subprocess.Popen | None = None
+        self.log = open(folder / "run.log", "w")  # noqa: SIM115  (closed in poll)
+        self.started = 0.0
+        self.failed = False
+        self._next()
+
+    def _next(self) -> None:
+        cmd = self.pending.pop(0)
+        self.log.write(f"$ {' '.join(cmd)}\n")
+        self.log.flush()
+        self.started = time.monotonic()
+        self.process = subprocess.Popen(
+            cmd, cwd=self.folder, env=run_env(self.folder), stdout=self.log, stderr=self.log
+        )
+        self.timings.append({"command": cmd[2], "started": time.time()})
+
+    def poll(self) -> bool:
+        """Advance; True once finished (done, failed or killed at the deadline)."""
+        if self.process is None:
+            return True
+        code = self.process.poll()
+        if code is None:
+            if time.monotonic() > self.deadline:
+                self.process.kill()
+                self.process.wait()
+                code = -9
+                self.timings[-1]["killed_at_deadline"] = True
+            else:
+                return False
+        self.timings[-1].update(returncode=code, seconds=round(time.monotonic() - self.started, 1))
+        if code == 0 and self.pending:
+            self._next()
+            return False
+        self.failed = code != 0
+        self.process = None
+        self.log.close()
+        (self.folder / "timings.json").write_text(json.dumps(self.timings, indent=2))
+        return True
+
+
+def run_plan(
+    plan: dict[str, Any], profile: dict[str, Any], work: Path, deadline: float, device: str
+) -> None:
+    runs: list[Run] = plan["runs"]
+    if plan["concurrent"]:
+        active = [RunProcess(r, make_workdir(work, r, profile), deadline, 90, device) for r in runs]
+        while not all(p.poll() for p in active):
+            time.sleep(2)
+        for process in active:
+            log.info("%s: %s", process.run.name, process.timings)
+        return
+    for run in runs:
+        if time.monotonic() > deadline - 60:
+            log.warning("deadline: %s not started", run.name)
+            continue
+        process = RunProcess(run, make_workdir(work, run, profile), deadline, 60, device)
+        while not process.poll():
+            time.sleep(1)
+        log.info("%s: %s", run.name, process.timings)
+
+
+def shell(cmd: list[str], out: Path, timeout: float, env: dict[str, str] | None = None) -> int:
+    """Run `cmd` in the repository, its output appended to `out`; the return code (or -9)."""
+    with open(out, "a") as handle:
+        handle.write(f"$ {' '.join(cmd)}\n")
+        handle.flush()
+        try:
+            done = subprocess.run(
+                cmd, cwd=REPO, stdout=handle, stderr=handle, timeout=max(timeout, 1), env=env
+            )
+            return done.returncode
+        except subprocess.TimeoutExpired:
+            handle.write(f"timed out after {timeout:.0f}s\n")
+            return -9
+        except OSError as err:  # e.g. no nvidia-smi
+            handle.write(f"{err}\n")
+            return -1
+
+
+KEEP_SUFFIXES = (".json", ".csv", ".txt", ".log", ".yaml", ".db")
+
+
+def pack(work: Path, out: Path) -> Path:
+    """Small result files of every run (no weights, checkpoints or plots) into one tarball."""
+    target = out / "results.tar.gz"
+    with tarfile.open(target, "w:gz") as tar:
+        for path in sorted(work.rglob("*")):
+            relative = path.relative_to(work)
+            if relative.parts[1:2] and relative.parts[1] in (*LINKED, "data", "checkpoints"):
+                continue
+            if path.is_symlink() or not path.is_file() or path.suffix not in KEEP_SUFFIXES:
+                continue
+            tar.add(path, arcname=str(relative))
+    return target
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_session", description=__doc__)
+    parser.add_argument("--plan", choices=sorted(PLANS), required=True)
+    parser.add_argument("--profile", type=Path, default=REPO / "profiles" / "gpu.yaml")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/nmt_runs"))
+    parser.add_argument("--deadline-s", type=float, default=560)
+    parser.add_argument("--device", default="cuda", help="for evaluate and decode (cpu: dry run)")
+    args = parser.parse_args(argv)
+    start = time.monotonic()
+    deadline = start + args.deadline_s
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(name)s: %(message)s",
+        handlers=[logging.StreamHandler(), logging.FileHandler(args.out / "session.log")],
+    )
+    plan = PLANS[args.plan]
+    profile = yaml.safe_load(args.profile.read_text())
+    env_log = args.work / "environment.log"
+    shell(["nvidia-smi"], env_log, 30)
+    shell(
+        [
+            sys.executable,
+            "-c",
+            "import torch, lightning, mlflow, sacrebleu, transformers, sys; "
+            "print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, "
+            "'cudnn', torch.backends.cudnn.version()); print('lightning', lightning.__version__,"
+            " 'mlflow', mlflow.__version__, 'sacrebleu', sacrebleu.__version__, 'transformers', "
+            "transformers.__version__)",
+        ],
+        env_log,
+        60,
+    )
+    log.info("environment: %s", env_log.read_text()[-600:])
+    if plan["gpu_tests"]:
+        code = shell(
+            [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/test_fast_paths.py", "-p",
+             "no:cacheprovider"],
+            args.work / "gpu_tests.log",
+            120,
+        )  # fmt: skip
+        log.info("GPU tests: exit %s", code)
+    if plan["bench"] is not None:
+        bench_out = args.work / "bench_throughput.json"
+        bench = [sys.executable, "-m", "benchmarks.bench", "throughput"]
+        code = shell(
+            [*bench, "--params", str(args.profile), "--out", str(bench_out), *plan["bench"]],
+            args.work / "bench_throughput.log",
+            min(420, deadline - time.monotonic() - 200),
+        )
+        log.info("throughput benchmark: exit %s", code)
+    run_plan(plan, profile, args.work, deadline, args.device)
+    report = args.work / "report.json"
+    shell(
+        [sys.executable, "-m", "benchmarks.bench", "report", str(args.work), "--out", str(report)],
+        args.work / "report.log",
+        30,
+    )
+    tarball = pack(args.work, args.out)
+    for name in ("bench_throughput.json", "report.json"):
+        if (args.work / name).exists():
+            shutil.copy2(args.work / name, args.out / name)
+    log.info("packed %s (%.1f MB) after %.0f s", tarball, tarball.stat().st_size / 1e6,
+             time.monotonic() - start)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
