@@ -84,6 +84,12 @@ PLANS: dict[str, dict[str, Any]] = {
             Run("lnone_b8k", "lstm_none", 400),
         ],
     },
+    "smoke": {  # a CPU dry run of the whole session: --device cpu and a tiny profile
+        "gpu_tests": True,
+        "bench": ["--steps", "2", "--warmup", "1", "--repeats", "1", "--max-seconds", "60"],
+        "concurrent": False,
+        "runs": [Run("transformer", "transformer", 30, decode_bench=True)],
+    },
     "final": {
         "gpu_tests": False,
         "bench": [

@@ -86,7 +86,9 @@ def command(root: Path, *args: str, check: bool = True) -> subprocess.CompletedP
     return done
 
 
-def run_logged(root: Path, argv: list[str], log_file: Path, env: dict[str, str], lock) -> None:
+def run_logged(
+    root: Path, argv: list[str], log_file: Path, env: dict[str, str], lock: RunLock
+) -> None:
     """Run a long command with its output in `log_file`, in its own process group.
 
     The group is recorded in the lock, so a later run can tell an orphaned pipeline from a dead
@@ -112,6 +114,7 @@ def run_logged(root: Path, argv: list[str], log_file: Path, env: dict[str, str],
 
 
 def stop_group(process: subprocess.Popen, grace_s: float = 30.0) -> None:
+    """SIGTERM to the process group of `process`; SIGKILL if it is not gone after `grace_s`."""
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, None)):
         try:
             os.killpg(process.pid, sig)
@@ -189,16 +192,20 @@ def best_architecture(params: Params, split: str, root: Path) -> str | None:
     return max(params.architectures, key=lambda arch: scores[arch])  # first listed wins a tie
 
 
-def undecided_model(params: Params, split: str, root: Path, client) -> str | None:
-    """The pipeline's current best model if no retraining pass has decided on it yet, else None."""
+def undecided_model(
+    params: Params, split: str, root: Path, champion: str | None, client
+) -> str | None:
+    """Why the pipeline's current best model still needs a decision, or None if it has one.
+
+    It has one when a version of it (same run, same weights) is the champion or carries a
+    retraining decision: a pass killed after `dvc repro` but before deciding is picked up again.
+    """
     arch = best_architecture(params, split, root)
-    summary = root / "artifacts" / f"{arch}" / "training.json"
-    if arch is None or not summary.exists():
+    if arch is None or not (root / "artifacts" / arch / "training.json").exists():
         return "no trained model yet"
-    run_id = json.loads(summary.read_text())["run_id"]
+    run_id = json.loads((root / "artifacts" / arch / "training.json").read_text())["run_id"]
     sha = registry.model_sha256(root / "artifacts" / arch)
     name = params.tracking.registered_model
-    champion = registry.champion_version(name, client=client)
     for version in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
         if version.tags.get(registry.SHA_TAG) == sha and (
             DECISION_TAG in version.tags or str(version.version) == champion
@@ -256,7 +263,7 @@ def retrain(root: Path, params_file: Path, decision: Decision, lock: RunLock) ->
     elif status:
         why = f"changed: {', '.join(sorted(status))}"
     else:
-        why = undecided_model(params, split, root, client)
+        why = undecided_model(params, split, root, champion, client)
     if why is None:
         log.info("up to date: no new data, params or code; %s@champion is v%s", name, champion)
         return EXIT_UP_TO_DATE
