@@ -185,7 +185,7 @@ def marian_for(config: dict[str, Any], vocab_size: int) -> nn.Module:
         activation_function=config.get("activation", "relu"),
         dropout=config.get("dropout", 0.1),
         attention_dropout=config.get("attention_dropout", 0.0),
-        activation_dropout=0.0,
+        activation_dropout=config.get("dropout", 0.1),  # ours drops inside the FFN too
         encoder_layerdrop=0.0,
         decoder_layerdrop=0.0,
         max_position_embeddings=config.get("max_len", 1024),

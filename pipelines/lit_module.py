@@ -145,6 +145,22 @@ class TranslationModule(pl.LightningModule):
         torch.distributed.all_gather_object(gathered, self._val_outputs)
         return [item for shard in gathered for item in shard]
 
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None
+    ) -> None:
+        # Lightning refuses to clip for an optimizer that unscales internally (fused AdamW) even
+        # under bf16, where nothing is scaled. Without a grad scaler, clip the norm here (the
+        # same torch call Lightning makes; foreach kernels, no host sync).
+        norm = gradient_clip_algorithm in (None, "norm")
+        if (
+            gradient_clip_val
+            and norm
+            and getattr(self.trainer.precision_plugin, "scaler", None) is None
+        ):
+            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val, foreach=True)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self) -> dict[str, Any]:
         decay, no_decay = [], []
         for name, param in self.model.named_parameters():

@@ -133,16 +133,21 @@ def champion_score(registered_name: str, split: str, *, client=None) -> float | 
 def decide_promotion(
     candidate: float | None, champion: float | None, margin: float = 0.0
 ) -> tuple[bool, str]:
-    """The promotion policy, in one place: promote when there is no champion or it is beaten."""
+    """The promotion policy, in one place (compare and retrain both use it).
+
+    Promote when there is no champion, or when the candidate wins by at least `margin` BLEU; a
+    tie never promotes. Scores are rounded to 0.01, so the gain is compared without float dust.
+    """
     if candidate is None:
         return False, "the candidate has no score"
     if champion is None:
         return True, "no champion yet"
-    if candidate > champion + margin:
-        return True, f"BLEU {candidate:.2f} > champion {champion:.2f} + margin {margin:.2f}"
+    gain = round(candidate - champion, 6)
+    if gain > 0 and gain >= margin:
+        return True, f"BLEU {candidate:.2f} >= champion {champion:.2f} + margin {margin:.2f}"
     return (
         False,
-        f"BLEU {candidate:.2f} does not beat champion {champion:.2f} + margin {margin:.2f}",
+        f"BLEU {candidate:.2f} does not beat champion {champion:.2f} by margin {margin:.2f}",
     )
 
 

@@ -236,17 +236,6 @@ def score_folder(folder: Path, params: Params, split: str, root: Path) -> dict[s
     return {k: result[k] for k in ("bleu", "chrf", "signature", "sentences")}
 
 
-def decide(challenger: float, champion: float | None, margin: float) -> tuple[bool, str]:
-    """Promote when there is no champion, or the challenger reaches champion + margin."""
-    if champion is None:
-        return True, "no champion yet"
-    gain = round(challenger - champion, 6)  # scores are rounded to 0.01: compare without float dust
-    verdict = ">=" if gain >= margin else "<"
-    return gain >= margin, (
-        f"challenger BLEU {challenger:.2f} {verdict} champion {champion:.2f} + margin {margin:.2f}"
-    )
-
-
 # ----------------------------------------------------------------------------- the pass
 
 
@@ -298,7 +287,7 @@ def retrain(root: Path, params_file: Path, decision: Decision, lock: RunLock) ->
     if len({score["signature"] for score in scores.values()}) != 1:
         raise RetrainError(f"challenger and champion scored with different signatures: {scores}")
     describe_pass(decision.record, params, split, root, client, arch, run_id, scores)
-    promote, reason = decide(
+    promote, reason = registry.decide_promotion(
         scores["challenger"]["bleu"],
         scores["champion"]["bleu"] if "champion" in scores else None,
         params.retrain.margin_bleu,

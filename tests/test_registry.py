@@ -31,6 +31,9 @@ ATTENTION_ARCHS = {"transformer", "lstm_additive", "lstm_multiplicative", "gru"}
         (9.0, 10.0, 0.0, False),
         (10.4, 10.0, 0.5, False),  # within the noise margin
         (10.6, 10.0, 0.5, True),
+        (10.5, 10.0, 0.5, True),  # reaching champion + margin is enough
+        (10.6, 10.1, 0.5, True),  # float dust: 10.6 - 10.1 < 0.5 in binary
+        (10.49, 10.0, 0.5, False),
         (None, 10.0, 0.0, False),
     ],
 )

@@ -38,22 +38,6 @@ TRAIN_STAGE = "Running stage 'train@transformer'"
 # --- pure logic: the promotion rule and the lock -------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("challenger", "champion", "margin", "promote"),
-    [
-        (0.0, None, 0.5, True),  # no champion yet
-        (10.5, 10.0, 0.5, True),  # reaching champion + margin is enough
-        (10.6, 10.1, 0.5, True),  # (float dust: 10.6 - 10.1 < 0.5 in binary)
-        (10.49, 10.0, 0.5, False),
-        (10.0, 10.0, 0.0, True),
-        (9.0, 10.0, 0.0, False),
-    ],
-)
-def test_promotion_needs_champion_plus_margin(challenger, champion, margin, promote):
-    decided, reason = retrain.decide(challenger, champion, margin)
-    assert decided is promote and reason
-
-
 def test_lock_is_exclusive_and_a_dead_holders_lock_is_cleared(tmp_path, caplog):
     path = tmp_path / "x.lock"
     with runlock.RunLock(path):
