@@ -425,6 +425,8 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
             if kind == "marian":
                 run["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
             results["runs"].append(run)
+            results["speedup_vs_marian"] = speedups(results["runs"])
+            write_json(args.out, results)  # partial results survive a kill
         except Exception as err:  # one failing model must not lose the others' numbers
             log.exception("%s %s failed", kind, arch)
             results["runs"].append(
@@ -436,6 +438,11 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
                 torch.cuda.empty_cache()
     results["speedup_vs_marian"] = speedups(results["runs"])
     return results
+
+
+def write_json(path: Path, result: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
 
 def speedups(runs: list[dict[str, Any]]) -> dict[str, float]:
@@ -583,8 +590,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     handler = {"throughput": throughput, "decode": decode, "report": report}[args.command]
     result = handler(args)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    write_json(args.out, result)
     if args.command == "throughput":
         print_throughput_table(result, sys.stdout)
 
