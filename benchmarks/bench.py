@@ -291,6 +291,13 @@ def measure(
     timed = batches.tensors[warmup : warmup + steps]
     src_tokens = sum(batches.src_tokens[warmup : warmup + steps])
     tgt_tokens = sum(batches.tgt_tokens[warmup : warmup + steps])
+    # One untimed pass over the timed batches: every shape has been seen once, as in training,
+    # where an epoch's shapes recur every epoch (cuDNN attention plans, allocator blocks).
+    started = time.perf_counter()
+    for batch in timed:
+        step(batch)
+    synchronize()
+    first_pass_seconds = time.perf_counter() - started
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     seconds = []
@@ -322,6 +329,7 @@ def measure(
         "sentences_per_batch": round(sum(b["src"].size(0) for b in timed) / max(len(timed), 1), 1),
         "warmup_steps": warmup,
         "warmup_seconds": round(warmup_seconds, 2),
+        "first_pass_seconds": round(first_pass_seconds, 3),
         "host_syncs_per_step": None if syncs is None else syncs / 3,
         "loss_finite": finite,
     }
@@ -355,8 +363,11 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
     batches = load_batches(
         args.tokenized, params.data.train_split, batch_tokens, args.warmup + args.steps + 3
     )
+    if args.no_cudnn_sdpa:
+        torch.backends.cuda.enable_cudnn_sdp(False)
     results: dict[str, Any] = {
         "environment": environment(),
+        "sdpa_cudnn_enabled": torch.backends.cuda.cudnn_sdp_enabled(),
         "params": str(args.params),
         "batch_tokens": batch_tokens,
         "precision": params.train.precision,
@@ -569,7 +580,10 @@ def main(argv: list[str] | None = None) -> None:
     tp.add_argument("--batch-tokens", type=int, default=0, help="default: train.batch_tokens")
     tp.add_argument("--warmup", type=int, default=10)
     tp.add_argument("--steps", type=int, default=40)
-    tp.add_argument("--repeats", type=int, default=2)
+    tp.add_argument("--repeats", type=int, default=3)
+    tp.add_argument(
+        "--no-cudnn-sdpa", action="store_true", help="SDPA without its cuDNN backend (all models)"
+    )
     tp.add_argument("--max-seconds", type=float, default=400, help="skip jobs after this")
     tp.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     tp.add_argument("--out", type=Path, required=True)
@@ -598,6 +612,7 @@ def main(argv: list[str] | None = None) -> None:
 def print_throughput_table(result: dict[str, Any], stream) -> None:
     stream.write(
         f"\n{result['environment']['device']}  torch {result['environment']['torch']}  "
+        f"cuDNN SDPA {result['sdpa_cudnn_enabled']}  "
         f"bf16 matmul {result.get('bf16_matmul_tflops')} TFLOP/s  batch_tokens "
         f"{result['batch_tokens']}  padding {result['padding']['padding_fraction']:.3f}\n"
     )
