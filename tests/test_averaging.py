@@ -3,6 +3,7 @@ choice of the last N epoch checkpoints, and the rule that keeps the average only
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import lightning.pytorch as pl
@@ -176,3 +177,35 @@ def test_epoch_checkpoint_callback_keeps_the_last_n_epochs(tmp_path):
     checkpoint = torch.load(tmp_path / "epoch0003.ckpt", weights_only=True)
     assert "optimizer_states" not in checkpoint  # weights only: small and fast to write
     assert set(checkpoint["state_dict"]) == {"layer.weight", "layer.bias"}
+
+
+@pytest.mark.slow
+def test_train_stage_exports_the_winner_of_best_versus_average(tmp_path):
+    """The real train stage on the tiny corpus: the last N epochs are kept, the average is scored
+    against the best checkpoint on validation, and the exported weights are the winner's."""
+    from safetensors.torch import load_file
+
+    from tests.training_helpers import make_workspace, stage_cmd, workspace_params
+
+    params = workspace_params(
+        train={"checkpoint_average": 2},
+        models={"transformer": {"optim": {"max_epochs": 3, "early_stopping_patience": 0}}},
+    )
+    workspace = make_workspace(tmp_path / "ws", params)
+    stage_cmd(workspace, "train", "--arch", "transformer")
+
+    epochs = workspace / "checkpoints" / "transformer" / "epochs"
+    assert sorted(p.name for p in epochs.iterdir()) == ["epoch0001.ckpt", "epoch0002.ckpt"]
+    summary = json.loads((workspace / "artifacts" / "transformer" / "training.json").read_text())
+    averaging = summary["checkpoint_average"]
+    assert averaging["checkpoints"] == ["epoch0001.ckpt", "epoch0002.ckpt"]
+    averaged_wins = keep_averaged(averaging["best_val_bleu"], averaging["averaged_val_bleu"])
+    assert averaging["kept"] == ("averaged" if averaged_wins else "best")
+
+    if averaging["kept"] == "averaged":
+        expected = average_checkpoints(sorted(epochs.iterdir()))
+    else:
+        expected = load_state_dict(workspace / "checkpoints" / "transformer" / "best.ckpt")
+    exported = load_file(workspace / "artifacts" / "transformer" / "model.safetensors")
+    for name, tensor in exported.items():
+        assert torch.equal(tensor, expected[f"model.{name}"]), name
