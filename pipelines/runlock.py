@@ -29,34 +29,58 @@ class LockHeld(Exception):
     """Another live process holds the lock; the message says who and since when."""
 
 
-def process_start_ticks(pid: int) -> str | None:
-    """The start time of process `pid` in clock ticks since boot (Linux), to detect pid reuse."""
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (field 3 onwards), or None."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    # Field 22; the command name (field 2) may hold spaces, so count from its closing bracket.
-    return stat.rsplit(")", 1)[1].split()[19]
+    # The command name (field 2) may hold spaces and brackets: split after its closing bracket.
+    return stat.rsplit(")", 1)[1].split()
+
+
+def process_start_ticks(pid: int) -> str | None:
+    """The start time of process `pid` in clock ticks since boot (Linux), to detect pid reuse."""
+    fields = _stat_fields(pid)
+    return fields[19] if fields else None
+
+
+def _running(fields: list[str]) -> bool:
+    return fields[0] not in ("Z", "X")  # a zombie is dead, merely not yet reaped
 
 
 def process_alive(pid: int) -> bool:
+    """Whether `pid` runs; a killed process that nobody has reaped yet (a zombie) does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # someone else's process
-    return True
+        pass  # someone else's process
+    fields = _stat_fields(pid)
+    return fields is None or _running(fields)
 
 
 def group_alive(pgid: int) -> bool:
+    """Whether process group `pgid` has a running member; zombies do not count.
+
+    A killed group whose members were orphaned stays visible to ``killpg`` as zombies until
+    someone reaps them, and in a container whose pid 1 does not reap, that is never.
+    """
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return True  # cannot look closer: assume alive
+    for entry in proc.iterdir():
+        fields = _stat_fields(entry.name) if entry.name.isdigit() else None
+        if fields and int(fields[2]) == pgid and _running(fields):
+            return True
+    return False
 
 
 def stale_reason(holder: dict[str, Any] | None) -> str | None:

@@ -57,6 +57,31 @@ def test_lock_is_exclusive_and_a_dead_holders_lock_is_cleared(tmp_path, caplog):
         runlock.RunLock(path).acquire()  # another host's pid says nothing here: never cleared
 
 
+def test_a_killed_child_group_left_as_zombies_does_not_hold_the_lock(tmp_path):
+    """Killed, unreaped members (pid 1 of a container may never reap) are not a live group."""
+    live = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the child never exited"
+            time.sleep(0.05)
+        os.killpg(zombie.pid, 0)  # the kernel still counts the unreaped group as existing
+        assert runlock.group_alive(live.pid) and not runlock.group_alive(zombie.pid)
+        path = tmp_path / "x.lock"
+        holder = {"pid": zombie.pid, "host": os.uname().nodename, "started": "x"}
+        path.write_text(json.dumps(holder | {"child_pgid": live.pid}))
+        with pytest.raises(runlock.LockHeld, match=f"child process group {live.pid}"):
+            runlock.RunLock(path).acquire()  # its dvc repro is still running: not stale
+        path.write_text(json.dumps(holder | {"child_pgid": zombie.pid}))
+        with runlock.RunLock(path):
+            assert json.loads(path.read_text())["pid"] == os.getpid()
+    finally:
+        live.kill()
+        live.wait()
+        zombie.wait()
+
+
 # --- the scheduler's checkout --------------------------------------------------------------------
 
 
@@ -294,7 +319,9 @@ def test_two_retrains_at_once_one_trains_the_other_is_locked(setup):
     first, second = nmt_retrain(setup.deploy), nmt_retrain(setup.deploy)
     outputs = {p.pid: p.communicate(timeout=900)[0] for p in (first, second)}
     codes = {p.pid: p.returncode for p in (first, second)}
-    [locked] = [pid for pid, code in codes.items() if code == retrain.EXIT_LOCKED]
+    locked_ones = [pid for pid, code in codes.items() if code == retrain.EXIT_LOCKED]
+    assert len(locked_ones) == 1, "\n\n".join(f"exit {codes[p]}:\n{outputs[p]}" for p in codes)
+    [locked] = locked_ones
     [ran] = [pid for pid in codes if pid != locked]
     assert "another retrain is running" in outputs[locked] and TRAIN_STAGE not in outputs[locked]
     assert codes[ran] in (retrain.EXIT_PROMOTED, retrain.EXIT_NOT_PROMOTED), outputs[ran]
