@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from pipelines.params import deep_update
+
 log = logging.getLogger("nmt.session")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,15 +57,6 @@ def _lstm_nf(arch: str) -> dict[str, Any]:
             }
         }
     }
-
-
-def deep_update(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(tree.get(key), dict):
-            deep_update(tree[key], value)
-        else:
-            tree[key] = value
-    return tree
 
 
 # The sweep runs concurrently (timings are upper bounds); the final runs one at a time.

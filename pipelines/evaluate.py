@@ -82,6 +82,23 @@ def score(
     return result
 
 
+def translate_and_score(
+    translator: Translator, split_file: Path, settings: EvaluateParams, progress: bool = False
+) -> tuple[list[str], dict[str, Any]]:
+    """Translate one prepared split with the evaluate settings; returns hypotheses and scores."""
+    sources, references = read_pairs(split_file)
+    log.info("translating %s (%d sentences)", split_file.stem, len(sources))
+    hypotheses = translator.translate(
+        sources,
+        beam_size=settings.beam_size,
+        length_penalty=settings.length_penalty,
+        max_len_margin=settings.max_len_margin,
+        batch_size=settings.batch_size,
+        progress=progress,
+    )
+    return hypotheses, score(hypotheses, references, sources, translator.config["tgt_lang"])
+
+
 def evaluate(
     translator: Translator,
     test_splits: list[str],
@@ -94,18 +111,10 @@ def evaluate(
     with atomic_path(hypotheses_dir) as tmp:
         tmp.mkdir(parents=True)
         for split in test_splits:
-            sources, references = read_pairs(prepared / f"{split}.jsonl")
-            log.info("translating %s (%d sentences)", split, len(sources))
-            hypotheses = translator.translate(
-                sources,
-                beam_size=settings.beam_size,
-                length_penalty=settings.length_penalty,
-                max_len_margin=settings.max_len_margin,
-                batch_size=settings.batch_size,
-                progress=True,
+            hypotheses, metrics[split] = translate_and_score(
+                translator, prepared / f"{split}.jsonl", settings, progress=True
             )
             (tmp / f"{split}.txt").write_text("\n".join(hypotheses) + "\n", encoding="utf-8")
-            metrics[split] = score(hypotheses, references, sources, translator.config["tgt_lang"])
             log.info(
                 "%s: BLEU %.2f chrF %.2f", split, metrics[split]["bleu"], metrics[split]["chrf"]
             )

@@ -268,6 +268,16 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def deep_update(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Merge nested `overrides` into a raw params tree in place (dicts merge, values replace)."""
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(tree.get(key), dict):
+            deep_update(tree[key], value)
+        else:
+            tree[key] = value
+    return tree
+
+
 def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
     """Read and validate `params.yaml`; raises ConfigError naming the first bad key."""
     path = Path(path)

@@ -219,20 +219,11 @@ def undecided_model(
 
 def score_folder(folder: Path, params: Params, split: str, root: Path) -> dict[str, Any]:
     """Translate `split` with the exported model in `folder` and score it (evaluate's settings)."""
-    from pipelines.evaluate import read_pairs, score
+    from pipelines.evaluate import translate_and_score
     from pipelines.translator import Translator
 
-    sources, references = read_pairs(root / "data" / "prepared" / f"{split}.jsonl")
-    settings = params.evaluate
-    translator = Translator.load(folder)
-    hypotheses = translator.translate(
-        sources,
-        beam_size=settings.beam_size,
-        length_penalty=settings.length_penalty,
-        max_len_margin=settings.max_len_margin,
-        batch_size=settings.batch_size,
-    )
-    result = score(hypotheses, references, sources, translator.config["tgt_lang"])
+    split_file = root / "data" / "prepared" / f"{split}.jsonl"
+    _, result = translate_and_score(Translator.load(folder), split_file, params.evaluate)
     return {k: result[k] for k in ("bleu", "chrf", "signature", "sentences")}
 
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from pipelines.params import deep_update
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -48,15 +54,6 @@ TINY_OVERRIDES: dict[str, Any] = {
         },
     },
 }
-
-
-def deep_update(tree: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(tree.get(key), dict):
-            deep_update(tree[key], value)
-        else:
-            tree[key] = value
-    return tree
 
 
 def tiny_params(**extra: Any) -> dict[str, Any]:
@@ -128,3 +125,48 @@ def run(
             f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
         )
     return done
+
+
+PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+
+
+def _stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat fields from the state on (state, ppid, pgrp, ...), or None once gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def kill_groups(*pgids: int, timeout: float = 60) -> None:
+    """SIGKILL whole process groups, as an OOM killer or a preemption does, and reap them as init.
+
+    The killed processes' orphans are reaped here (this process becomes their subreaper for the
+    duration), so the outcome does not depend on whether pid 1 of a CI container reaps: left as
+    zombies they would still look alive to pid checks, ours and DVC's. Members that are this
+    process's own children are left to their ``Popen`` objects.
+    """
+    me = os.getpid()
+    members = [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) and int(fields[2]) in pgids
+    ]
+    orphans = [pid for pid in members if (fields := _stat(pid)) and int(fields[1]) != me]
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    try:
+        for group in pgids:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while orphans := [pid for pid in orphans if _stat(pid) is not None]:
+            assert time.monotonic() < deadline, f"killed processes {orphans} never went away"
+            for pid in orphans:
+                fields = _stat(pid)
+                if fields and fields[0] == "Z" and int(fields[1]) == me:
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(pid, 0)
+            time.sleep(0.05)
+    finally:
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)

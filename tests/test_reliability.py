@@ -209,7 +209,7 @@ BAD_PARAMS = [
 def test_bad_params_are_rejected_before_any_work_naming_the_key(
     workspace, tmp_path, override, named
 ):
-    from tests.pipeline_helpers import deep_update
+    from pipelines.params import deep_update
 
     params = deep_update(yaml.safe_load((workspace / "params.yaml").read_text()), override)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +21,15 @@ import pytest
 import yaml
 
 from pipelines import registry, retrain, runlock
-from tests.pipeline_helpers import SHARED, git, make_project_copy, project_env, run, tiny_params
+from tests.pipeline_helpers import (
+    SHARED,
+    git,
+    kill_groups,
+    make_project_copy,
+    project_env,
+    run,
+    tiny_params,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -306,8 +313,7 @@ def test_a_killed_retrain_leaves_the_champion_and_a_stale_lock(setup):
         pytest.fail("dvc repro never reached the train stage")
     time.sleep(0.5)  # in the middle of fitting (or, on a fast machine, just after it)
     holder = json.loads(lock_file.read_text())
-    for group in (process.pid, holder["child_pgid"]):  # retrain and its dvc repro, as an OOM kill
-        os.killpg(group, signal.SIGKILL)
+    kill_groups(process.pid, holder["child_pgid"])  # retrain and its dvc repro, as an OOM kill
     process.communicate()
     assert champion(setup.deploy) == before and versions(setup.deploy) == known
     assert len(records(setup.deploy)) == count  # a killed run writes nothing more

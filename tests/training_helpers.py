@@ -10,7 +10,8 @@ from typing import Any
 
 import yaml
 
-from tests.pipeline_helpers import REPO, deep_update, project_env, tiny_params
+from pipelines.params import deep_update
+from tests.pipeline_helpers import REPO, project_env, tiny_params
 
 FIXTURE_CORPUS = REPO / "tests" / "fixtures" / "multi30k_tiny"
 

@@ -1,0 +1,143 @@
+"""`dvc repro` through failures: DVC's record always matches the files, and a killed train resumes.
+
+One project copy (tiny profile, Transformer only) goes through, in order: a `dvc repro` whose
+train stage fails at start-up (unreachable tracking server), one killed with SIGKILL in the middle
+of training, and the `dvc repro` that finishes the job by resuming from the last checkpoint.
+After each, every stage that ``dvc.lock`` records as done has its outputs complete on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.pipeline_helpers import (
+    SHARED,
+    kill_groups,
+    make_project_copy,
+    project_env,
+    run,
+    tiny_params,
+)
+
+pytestmark = pytest.mark.slow
+
+if not (SHARED / "dvc-remote").exists():
+    pytest.skip("../shared/dvc-remote is not beside the checkout", allow_module_level=True)
+
+EPOCHS = 4
+TRAIN = "train@transformer"
+UPSTREAM = ("prepare", "tokenizer")
+DOWNSTREAM = (TRAIN, "evaluate@transformer", "compare")
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    params = tiny_params(
+        architectures=["transformer"],
+        data={"max_eval_pairs": 30, "test_splits": ["test_2016_flickr"]},
+        train={"devices": 1, "strategy": "auto", "log_every_n_steps": 1},
+        evaluate={"attention_examples": 0},
+        models={"transformer": {"optim": {"max_epochs": EPOCHS}}},
+    )
+    return make_project_copy(tmp_path_factory.mktemp("failures"), params)
+
+
+def locked_stages(repo: Path) -> set[str]:
+    lock = repo / "dvc.lock"
+    return set(yaml.safe_load(lock.read_text())["stages"]) if lock.exists() else set()
+
+
+def stale_stages(repo: Path) -> set[str]:
+    """Stages `dvc status` says must run again (changed deps, params or outs, or never run)."""
+    return set(json.loads(run(repo, "dvc", "status", "--json").stdout or "{}"))
+
+
+def assert_dvc_agrees_with_disk(repo: Path) -> set[str]:
+    """Every stage recorded in dvc.lock has exactly its recorded outputs; returns those stages."""
+    done = locked_stages(repo)
+    stale = stale_stages(repo)
+    assert not done & stale, f"recorded as done but outputs differ: {done & stale}"
+    # An output of a stage recorded as done is never missing, partial or a leftover temp file.
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    for stage in done:
+        for out in lock[stage].get("outs", []):
+            path = repo / out["path"]
+            assert path.exists(), f"{stage}: {out['path']} recorded but missing"
+            if path.is_dir():
+                assert not [p for p in path.rglob("*.tmp")], f"{stage}: temp files in {path}"
+    return done
+
+
+def training_runs(repo: Path):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}")
+    experiments = client.search_experiments()
+    return client.search_runs(
+        [e.experiment_id for e in experiments], filter_string="tags.architecture = 'transformer'"
+    )
+
+
+def test_a_train_stage_failing_at_start_up_records_only_the_stages_that_finished(repo, tmp_path):
+    env = project_env(repo) | {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}  # nothing listens
+    done = subprocess.run(
+        [sys.executable, "-m", "dvc", "repro", "--pull"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode != 0
+    assert "does not answer" in done.stdout + done.stderr
+    assert assert_dvc_agrees_with_disk(repo) == set(UPSTREAM)
+    assert set(DOWNSTREAM) <= stale_stages(repo)
+    assert not (repo / "artifacts" / "transformer").exists()
+
+
+def test_a_train_stage_killed_mid_training_is_not_recorded_and_resumes(repo):
+    log = repo.parent / "killed-repro.log"
+    with log.open("w") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "dvc", "repro"],
+            cwd=repo,
+            env=project_env(repo),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    checkpoint = repo / "checkpoints" / "transformer" / "last.ckpt"
+    deadline = time.monotonic() + 600
+    while not checkpoint.exists():
+        assert process.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint within 600 s"
+        time.sleep(0.1)
+    kill_groups(process.pid)  # dvc repro and its stage command, as a preemption would
+    process.wait()
+    assert "Running stage 'train@transformer'" in log.read_text()
+
+    assert assert_dvc_agrees_with_disk(repo) == set(UPSTREAM)
+    assert TRAIN in stale_stages(repo)
+    assert [run.info.status for run in training_runs(repo)] == ["RUNNING"]  # killed, unclosed
+
+    resumed = run(repo, "dvc", "repro")
+    output = resumed.stdout + resumed.stderr
+    assert "resuming transformer from checkpoints/transformer/last.ckpt" in output
+    assert not stale_stages(repo)  # everything done and recorded
+    assert assert_dvc_agrees_with_disk(repo) >= {*UPSTREAM, *DOWNSTREAM}
+
+    history = (repo / "logs" / "transformer" / "history.csv").read_text().splitlines()[1:]
+    assert [int(row.split(",")[0]) for row in history] == list(range(EPOCHS))  # no epoch twice
+    summary = json.loads((repo / "artifacts" / "transformer" / "training.json").read_text())
+    assert summary["epochs"] == EPOCHS
+    # The killed run was continued, not duplicated: one run, finished, nothing RUNNING.
+    assert [(r.info.run_id, r.info.status) for r in training_runs(repo)] == [
+        (summary["run_id"], "FINISHED")
+    ]
