@@ -153,6 +153,7 @@ class TrainParams:
     precision: str = "32-true"
     num_workers: int = 0
     compile: bool = False
+    cudnn_attention: bool = False
     deterministic: bool = True
     val_max_len_margin: int = 20
     log_every_n_steps: int = 20

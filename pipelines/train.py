@@ -25,6 +25,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
 
 from models import PAD_ID
+from models.attention import use_cudnn_attention
 from pipelines import tracking
 from pipelines.atomic import atomic_path, atomic_write_json, atomic_write_text
 from pipelines.averaging import apply_checkpoint_average, epoch_checkpoint_callback
@@ -371,6 +372,7 @@ def build_trainer(
 def train(arch: str, params: Params, paths: TrainPaths, params_file: Path) -> dict[str, Any]:
     """Train `arch`, export the best checkpoint and return the training summary (rank 0)."""
     pl.seed_everything(params.seed, workers=True)
+    use_cudnn_attention(params.train.cudnn_attention)
     arch_params = params.arch(arch)
     tokenizers = Tokenizers.load(paths.tokenized)
     ckpt_dir = paths.checkpoints / arch

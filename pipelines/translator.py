@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from models import BOS_ID, EOS_ID, PAD_ID, Seq2Seq, beam_search, build_model
+from models.attention import use_cudnn_attention
 from pipelines.errors import PipelineError
 from pipelines.vocab import Tokenizers
 
@@ -61,6 +62,8 @@ class Translator:
         config = json.loads((folder / "config.json").read_text())
         model = build_model(config["model"], config["src_vocab_size"], config["tgt_vocab_size"])
         load_model(model, str(folder / "model.safetensors"), device="cpu")
+        if torch.device(device).type == "cuda":
+            use_cudnn_attention(False)  # beam search meets a new key length at every step
         return cls(model.to(device), Tokenizers.load(folder / "tokenizer"), config)
 
     def _encode(self, sentences: list[str]) -> list[list[int]]:

@@ -14,7 +14,12 @@ import pytest
 import torch
 
 from models import PAD_ID, build_model
-from models.attention import AdditiveAttention, MultiplicativeAttention, fast_attention
+from models.attention import (
+    AdditiveAttention,
+    MultiplicativeAttention,
+    fast_attention,
+    use_cudnn_attention,
+)
 from models.attention import scaled_dot_product_attention as explicit_attention
 from pipelines.lit_module import label_smoothed_nll
 
@@ -162,10 +167,30 @@ def test_bf16_transformer_step_with_fused_adamw_never_syncs_the_host():
     assert all(torch.isfinite(loss).item() for loss in losses)
 
 
+@pytest.fixture
+def restore_cudnn_attention():
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    yield
+    torch.backends.cuda.enable_cudnn_sdp(before)
+
+
+def test_train_stage_default_leaves_cudnn_out_of_sdpa(restore_cudnn_attention):
+    from pipelines.params import TrainParams
+
+    use_cudnn_attention(True)
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    use_cudnn_attention(TrainParams().cudnn_attention)  # what the train stage does by default
+    assert not torch.backends.cuda.cudnn_sdp_enabled()
+
+
 @pytest.mark.gpu
 @requires_cuda
+@pytest.mark.parametrize("cudnn", [True, False])
 @pytest.mark.parametrize("causal", [False, True])
-def test_sdpa_kernel_matches_explicit_attention_in_bf16_on_cuda(causal):
+def test_sdpa_kernel_matches_explicit_attention_in_bf16_on_cuda(
+    causal, cudnn, restore_cudnn_attention
+):
+    use_cudnn_attention(cudnn)
     generator = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (
         torch.randn(4, 8, 33, 64, device="cuda", generator=generator, dtype=torch.bfloat16)
