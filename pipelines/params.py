@@ -204,11 +204,17 @@ class RetrainParams:
     """The promotion policy of scheduled retraining."""
 
     margin_bleu: float = 0.5
+    max_p_value: float | None = None
     start: Literal["cold", "warm"] = "cold"
     promotion_split: str | None = None
 
     def validate(self, prefix: str = "") -> None:
         require(self.margin_bleu >= 0, f"{prefix}margin_bleu", "must be >= 0")
+        require(
+            self.max_p_value is None or 0 < self.max_p_value <= 1,
+            f"{prefix}max_p_value",
+            "must be null or in (0, 1]",
+        )
 
 
 @dataclass

@@ -131,24 +131,36 @@ def champion_score(registered_name: str, split: str, *, client=None) -> float | 
 
 
 def decide_promotion(
-    candidate: float | None, champion: float | None, margin: float = 0.0
+    candidate: float | None,
+    champion: float | None,
+    margin: float = 0.0,
+    p_value: float | None = None,
+    max_p_value: float | None = None,
 ) -> tuple[bool, str]:
     """The promotion policy, in one place (compare and retrain both use it).
 
-    Promote when there is no champion, or when the candidate wins by at least `margin` BLEU; a
-    tie never promotes. Scores are rounded to 0.01, so the gain is compared without float dust.
+    Promote when there is no champion, or when the candidate wins by at least `margin` BLEU and,
+    if `max_p_value` is set, its paired-bootstrap `p_value` is at most that; a tie never promotes.
+    Scores are rounded to 0.01, so the gain is compared without float dust.
     """
     if candidate is None:
         return False, "the candidate has no score"
     if champion is None:
         return True, "no champion yet"
     gain = round(candidate - champion, 6)
-    if gain > 0 and gain >= margin:
-        return True, f"BLEU {candidate:.2f} >= champion {champion:.2f} + margin {margin:.2f}"
-    return (
-        False,
-        f"BLEU {candidate:.2f} does not beat champion {champion:.2f} by margin {margin:.2f}",
-    )
+    if not (gain > 0 and gain >= margin):
+        return (
+            False,
+            f"BLEU {candidate:.2f} does not beat champion {champion:.2f} by margin {margin:.2f}",
+        )
+    wins = f"BLEU {candidate:.2f} >= champion {champion:.2f} + margin {margin:.2f}"
+    if max_p_value is None:
+        return True, wins
+    if p_value is None:
+        return False, f"{wins}, but no significance test was run (max_p_value {max_p_value})"
+    if p_value > max_p_value:
+        return False, f"{wins}, but not significant: p = {p_value:.4f} > {max_p_value}"
+    return True, f"{wins}, p = {p_value:.4f} <= {max_p_value}"
 
 
 def set_champion(

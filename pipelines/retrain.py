@@ -12,9 +12,11 @@
    pipeline's best architecture on that split) and with the champion, using the same code and the
    same ``evaluate`` beam settings, and score both with sacreBLEU (one signature).
 5. Promote only if challenger BLEU >= champion BLEU + ``retrain.margin_bleu`` (the margin should
-   exceed run-to-run noise, about 0.5 BLEU). Either way the decision, both scores, the margin, the
-   signature and the data and code versions go to ``reports/retrain/<UTC timestamp>.json`` and to
-   tags on the challenger's model version and runs.
+   exceed run-to-run noise, about 0.5 BLEU) and, when ``retrain.max_p_value`` is set, sacreBLEU's
+   paired bootstrap p-value is at most that (the p-value is always recorded). Either way the
+   decision, both scores, the margin, the p-value, the signature and the data and code versions go
+   to ``reports/retrain/<UTC timestamp>.json`` and to tags on the challenger's model version and
+   runs.
 
 Nothing is registered and no alias moves until both scores are in: a run that fails (or is killed)
 before that leaves the registry as it was. The compare stage, told by ``registry.DEFER_ENV``, leaves
@@ -217,14 +219,29 @@ def undecided_model(
 # ----------------------------------------------------------------------------- scoring
 
 
-def score_folder(folder: Path, params: Params, split: str, root: Path) -> dict[str, Any]:
-    """Translate `split` with the exported model in `folder` and score it (evaluate's settings)."""
+def score_folder(
+    folder: Path, params: Params, split: str, root: Path
+) -> tuple[list[str], dict[str, Any]]:
+    """Translate `split` with the exported model in `folder` (evaluate's settings) and score it.
+
+    Returns the hypotheses and the scores kept in the decision record.
+    """
     from pipelines.evaluate import translate_and_score
     from pipelines.translator import Translator
 
     split_file = root / "data" / "prepared" / f"{split}.jsonl"
-    _, result = translate_and_score(Translator.load(folder), split_file, params.evaluate)
-    return {k: result[k] for k in ("bleu", "chrf", "signature", "sentences")}
+    hypotheses, result = translate_and_score(Translator.load(folder), split_file, params.evaluate)
+    return hypotheses, {k: result[k] for k in ("bleu", "chrf", "signature", "sentences")}
+
+
+def significance(
+    hypotheses: dict[str, list[str]], split: str, root: Path, tgt_lang: str
+) -> dict[str, Any]:
+    """Paired bootstrap of the challenger's translations against the champion's."""
+    from pipelines.evaluate import paired_bootstrap, read_pairs
+
+    _, references = read_pairs(root / "data" / "prepared" / f"{split}.jsonl")
+    return paired_bootstrap(hypotheses["champion"], hypotheses["challenger"], references, tgt_lang)
 
 
 # ----------------------------------------------------------------------------- the pass
@@ -254,6 +271,7 @@ def retrain(root: Path, params_file: Path, decision: Decision, lock: RunLock) ->
         trigger=why,
         split=split,
         margin_bleu=params.retrain.margin_bleu,
+        max_p_value=params.retrain.max_p_value,
         start=params.retrain.start,
         champion_before=champion,
     )
@@ -272,16 +290,27 @@ def retrain(root: Path, params_file: Path, decision: Decision, lock: RunLock) ->
         run_id = json.loads((folder / "training.json").read_text())["run_id"]
         log.info("challenger: %s of run %s; champion: version %s", arch, run_id, champion)
         # Both now, by this code, with the same beam settings: the scores are comparable.
-        scores = {"challenger": score_folder(folder, params, split, root)}
+        hypotheses, scores = {}, {}
+        hypotheses["challenger"], scores["challenger"] = score_folder(folder, params, split, root)
         if champion_dir is not None:
-            scores["champion"] = score_folder(champion_dir, params, split, root)
+            hypotheses["champion"], scores["champion"] = score_folder(
+                champion_dir, params, split, root
+            )
     if len({score["signature"] for score in scores.values()}) != 1:
         raise RetrainError(f"challenger and champion scored with different signatures: {scores}")
     describe_pass(decision.record, params, split, root, client, arch, run_id, scores)
+    p_value = None
+    if "champion" in scores:
+        decision.record["significance"] = significance(
+            hypotheses, split, root, params.data.tgt_lang
+        )
+        p_value = decision.record["significance"]["p_value"]
     promote, reason = registry.decide_promotion(
         scores["challenger"]["bleu"],
         scores["champion"]["bleu"] if "champion" in scores else None,
         params.retrain.margin_bleu,
+        p_value,
+        params.retrain.max_p_value,
     )
     return settle(client, decision.record, folder, promote, reason)
 
@@ -385,6 +414,8 @@ def tag_decision(client, record: dict[str, Any], name: str, version: str) -> Non
         "retrain.split": record["split"],
         "retrain.signature": record["signature"],
         "retrain.margin_bleu": str(record["margin_bleu"]),
+        "retrain.max_p_value": str(record["max_p_value"]),
+        "retrain.p_value": str(record.get("significance", {}).get("p_value", "")),
         "retrain.challenger_bleu": str(challenger["bleu"]),
         "retrain.champion_version": str(champion.get("version", "none")),
         "retrain.champion_bleu": str(champion.get("bleu", "")),

@@ -42,6 +42,23 @@ def test_promotion_policy(candidate, champion, margin, promote):
     assert decided is promote and reason
 
 
+@pytest.mark.parametrize(
+    ("candidate", "p_value", "max_p_value", "promote", "says"),
+    [
+        (11.0, 0.20, None, True, ">= champion"),  # no significance required: margin alone
+        (11.0, 0.01, 0.05, True, "p = 0.0100 <= 0.05"),
+        (11.0, 0.20, 0.05, False, "not significant: p = 0.2000 > 0.05"),
+        (11.0, None, 0.05, False, "no significance test was run"),
+        (10.2, 0.001, 0.05, False, "does not beat"),  # significant, but under the margin
+    ],
+)
+def test_promotion_can_also_require_a_significant_gain(
+    candidate, p_value, max_p_value, promote, says
+):
+    decided, reason = registry.decide_promotion(candidate, 10.0, 0.5, p_value, max_p_value)
+    assert decided is promote and says in reason
+
+
 def test_pyfunc_input_accepts_dataframe_series_list_and_string():
     sentences = ["A cat.", "Two dogs."]
     assert pyfunc_model.sentences_from(pd.DataFrame({"source": sentences})) == sentences

@@ -233,6 +233,11 @@ def assert_consistent(repo: Path, record: dict, outcome: Outcome) -> None:
     assert tags["retrain.signature"] == record["signature"]
     run_tags = client(repo).get_run(challenger["run_id"]).data.tags
     assert run_tags["retrain.outcome"] == record["outcome"]
+    if rival is not None:  # the paired bootstrap of the two translations of the split
+        significance = record["significance"]
+        assert 0.0 <= significance["p_value"] <= 1.0
+        assert "bs:1000|seed:12345" in significance["signature"]
+        assert tags["retrain.p_value"] == str(significance["p_value"])
 
 
 # --- the scenarios, in order ---------------------------------------------------------------------
