@@ -202,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
         "has an upstream, else the workspace as it is); if anything changed, run `dvc repro`, "
         "score the new model and the champion on the promotion test split with the same beam "
         "settings and sacreBLEU signature, and move `champion` only if the new one reaches the "
-        "champion's BLEU + retrain.margin_bleu. Each decision goes to "
+        "champion's BLEU + retrain.margin_bleu (and, if retrain.max_p_value is set, a paired "
+        "bootstrap p-value at most that). Each decision goes to "
         "reports/retrain/<UTC time>.json and to MLflow tags. Exit codes: 0 up to date, "
         "10 promoted, 11 not promoted, 1 failed (champion untouched), 75 locked by another run.",
     )

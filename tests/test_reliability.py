@@ -202,6 +202,7 @@ BAD_PARAMS = [
     ({"train": {"batch_tokenz": 10}}, "train.batch_tokenz: unknown key"),
     ({"train": {"batch_tokens": "many"}}, "train.batch_tokens: expected an integer"),
     ({"data": {"test_splits": []}}, "data.test_splits"),
+    ({"retrain": {"max_p_value": 0}}, "retrain.max_p_value"),
 ]
 
 
