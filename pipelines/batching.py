@@ -221,6 +221,11 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         return (self._num_steps - self.start_step) * self.accumulate
 
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps (groups of ``accumulate`` batches per rank) in a whole epoch."""
+        return self._num_steps
+
     # -- resume
 
     def state_dict(self) -> dict[str, Any]:

@@ -6,7 +6,9 @@ initialisation, so the sampler shards by the real world size and rank (on one ma
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -14,6 +16,49 @@ from torch.utils.data import DataLoader
 
 from pipelines.batching import TokenBucketBatchSampler, TranslationDataset, collate
 from pipelines.tokenizer import load_split
+
+
+class ResumableDataLoader(DataLoader):
+    """The training loader, with a position Lightning keeps in checkpoints.
+
+    Lightning saves ``state_dict()`` of a loader that has one and hands it back to
+    ``load_state_dict()`` before iterating again, so a run resumed from a checkpoint saved inside
+    an epoch continues that epoch's plan at the next optimizer step instead of starting it over.
+    Batches are counted as this (main-process) iterator hands them out, which is as the training
+    loop consumes them: Lightning does not prefetch from a loader of known length.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._epoch = 0
+        self._handed_out = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        sampler: TokenBucketBatchSampler = self.batch_sampler  # type: ignore[assignment]
+        self._epoch, self._handed_out = sampler.epoch, sampler.start_step * sampler.accumulate
+        return self._counted(super().__iter__())  # created now, as DataLoader does
+
+    def _counted(self, batches: Iterator[Any]) -> Iterator[Any]:
+        for batch in batches:
+            self._handed_out += 1
+            yield batch
+
+    def __len__(self) -> int:
+        # The whole epoch, also when resuming inside it: Lightning counts the batches already
+        # done towards it (as for torchdata's StatefulDataLoader).
+        sampler: TokenBucketBatchSampler = self.batch_sampler  # type: ignore[assignment]
+        return sampler.steps_per_epoch * sampler.accumulate
+
+    def state_dict(self) -> dict[str, Any]:
+        sampler: TokenBucketBatchSampler = self.batch_sampler  # type: ignore[assignment]
+        return {
+            "epoch": self._epoch,
+            "seed": sampler.seed,
+            "start_step": self._handed_out // sampler.accumulate,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.batch_sampler.load_state_dict(state)  # type: ignore[union-attr]
 
 
 class TranslationDataModule(pl.LightningDataModule):
@@ -50,7 +95,7 @@ class TranslationDataModule(pl.LightningDataModule):
             rank=self.trainer.global_rank,
             accumulate=self.accumulate if training else 1,
         )
-        return DataLoader(
+        return (ResumableDataLoader if training else DataLoader)(
             TranslationDataset(corpus),
             batch_sampler=sampler,
             collate_fn=collate,

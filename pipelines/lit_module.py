@@ -75,6 +75,7 @@ class TranslationModule(pl.LightningModule):
         self.detokenize: Callable[[list[list[int]]], list[str]] | None = None
         self.val_references: list[str] = []
         self.extra_checkpoint_state: dict[str, Any] = {}
+        self._resume_rng: list[dict[str, Tensor]] | None = None
         self._val_outputs: list[tuple[int, list[int]]] = []
         self._val_sums: Tensor | None = None
 
@@ -184,6 +185,31 @@ class TranslationModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["nmt"] = dict(self.extra_checkpoint_state)
+        if self.trainer.training:  # inside an epoch: a resume continues every random stream
+            checkpoint["nmt"]["rng"] = self._rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.extra_checkpoint_state = dict(checkpoint.get("nmt", {}))
+        nmt = dict(checkpoint.get("nmt", {}))
+        self._resume_rng = nmt.pop("rng", None)
+        self.extra_checkpoint_state = nmt
+
+    def on_train_start(self) -> None:
+        # Resumed from a checkpoint saved inside an epoch: Lightning skips on_train_epoch_start
+        # and the loader resumes at the saved step, so continue each rank's RNG where it was.
+        rng, self._resume_rng = self._resume_rng, None
+        if rng is not None:
+            state = rng[self.global_rank]
+            torch.set_rng_state(state["cpu"])
+            if "cuda" in state and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["cuda"], self.device)
+
+    def _rng_states(self) -> list[dict[str, Tensor]]:
+        """Every rank's RNG states, by rank (Lightning builds the checkpoint on every rank)."""
+        state = {"cpu": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.trainer.world_size == 1:
+            return [state]
+        states: list[dict[str, Tensor]] = [None] * self.trainer.world_size  # type: ignore[list-item]
+        torch.distributed.all_gather_object(states, state)
+        return states

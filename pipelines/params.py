@@ -158,6 +158,7 @@ class TrainParams:
     val_max_len_margin: int = 20
     log_every_n_steps: int = 20
     checkpoint_average: int = 0
+    checkpoint_every_n_steps: int = 0
 
     def validate(self, prefix: str = "") -> None:
         require(self.batch_tokens > 0, f"{prefix}batch_tokens", "must be > 0")
@@ -171,6 +172,9 @@ class TrainParams:
         require(self.num_nodes > 0, f"{prefix}num_nodes", "must be > 0")
         require(self.num_workers >= 0, f"{prefix}num_workers", "must be >= 0")
         require(self.checkpoint_average >= 0, f"{prefix}checkpoint_average", "must be >= 0")
+        require(
+            self.checkpoint_every_n_steps >= 0, f"{prefix}checkpoint_every_n_steps", "must be >= 0"
+        )
 
 
 @dataclass

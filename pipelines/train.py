@@ -70,6 +70,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
 
 
+class InEpochCheckpoint(ModelCheckpoint):
+    """Rewrites last.ckpt every N optimizer steps, but not at an epoch's last batch.
+
+    The epoch's end is the validation checkpoint's; a step checkpoint taken just before
+    validation would, on resume, end the epoch without validating it.
+    """
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if batch_idx + 1 < trainer.num_training_batches:
+            super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
+
+
 class TrainingMonitor(pl.Callback):
     """Tokens per second (global, non-pad source+target), peak GPU memory and the epoch history."""
 
@@ -82,6 +94,10 @@ class TrainingMonitor(pl.Callback):
         self._window_start = 0.0
         self.train_seconds = 0.0
         self._epoch_start = 0.0
+
+    def on_train_start(self, trainer, module) -> None:
+        # A run resumed inside an epoch gets no on_train_epoch_start for that epoch.
+        self.on_train_epoch_start(trainer, module)
 
     def on_train_epoch_start(self, trainer, module) -> None:
         self._epoch_start = self._window_start = time.perf_counter()
@@ -207,6 +223,14 @@ def resumable_checkpoint(ckpt_dir: Path, key: str) -> Path | None:
     return None
 
 
+def checkpoint_position(path: Path) -> str:
+    """Where a checkpoint stands: its epoch and optimizer step, and whether inside the epoch."""
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    inside = "rng" in state.get("nmt", {})
+    where = "inside" if inside else "at the end of"
+    return f"{where} epoch {state['epoch']}, optimizer step {state['global_step']}"
+
+
 def prepare_checkpoint_dir(ckpt_dir: Path, key: str, client) -> Path | None:
     """Return last.ckpt to resume from, or wipe a stale folder left by another configuration."""
     marker = ckpt_dir / "fingerprint.json"
@@ -288,7 +312,10 @@ def open_run(
     parent_id = tracking.parent_run_id(client, exp_id, pipeline_key, f"pipeline-{pipeline_key[:8]}")
     if resume_from is not None:
         run_id = json.loads((ckpt_dir / "fingerprint.json").read_text())["run_id"]
-        log.info("resuming %s from %s (MLflow run %s)", arch, resume_from, run_id)
+        log.info(
+            "resuming %s from %s, %s (MLflow run %s)",
+            arch, resume_from, checkpoint_position(resume_from), run_id,
+        )  # fmt: skip
         client.update_run(run_id, status="RUNNING")
         return run_id, parent_id, resume_from
     tags = {
@@ -331,6 +358,16 @@ def build_trainer(
         save_on_train_epoch_end=False,
     )
     callbacks: list[pl.Callback] = [monitor, checkpoint, last]
+    if params.train.checkpoint_every_n_steps:  # also refresh last.ckpt inside long epochs
+        callbacks.append(
+            InEpochCheckpoint(
+                dirpath=paths.checkpoints / arch,
+                filename="last",
+                every_n_train_steps=params.train.checkpoint_every_n_steps,
+                save_top_k=1,
+                enable_version_counter=False,
+            )
+        )
     if params.train.checkpoint_average > 1:  # the last N epochs' weights, for averaging
         folder = paths.checkpoints / arch / "epochs"
         callbacks.append(epoch_checkpoint_callback(folder, params.train.checkpoint_average))

@@ -32,6 +32,7 @@ TINY_OVERRIDES: dict[str, Any] = {
         "accelerator": "cpu",
         "devices": 2,
         "strategy": "ddp",
+        "checkpoint_every_n_steps": 1,  # in-epoch checkpoints gather every rank's RNG state
     },
     "evaluate": {"beam_size": 2, "max_len_margin": 8, "batch_size": 100, "attention_examples": 1},
     "models": {

@@ -72,27 +72,72 @@ def run_until_checkpoint_then_kill(workspace: Path, wait_for: str) -> None:
     process.wait()
 
 
-def test_killed_training_resumes_and_matches_an_uninterrupted_run(workspace, tmp_path):
-    reference = clone_workspace(workspace, tmp_path / "reference")
+@pytest.fixture(scope="module")
+def reference(workspace, tmp_path_factory) -> Path:
+    """The uninterrupted run every resumed run must reproduce."""
+    reference = clone_workspace(workspace, tmp_path_factory.mktemp("reference") / "run")
     stage_cmd(reference, "train", "--arch", "transformer")
+    return reference
 
+
+def assert_same_training(resumed: Path, reference: Path) -> None:
+    """Deterministic on CPU: the resumed run reproduces the uninterrupted one exactly."""
+    assert final_metrics(resumed) == final_metrics(reference)
+    resumed_state = torch.load(resumed / "checkpoints/transformer/last.ckpt", weights_only=True)
+    reference_state = torch.load(reference / "checkpoints/transformer/last.ckpt", weights_only=True)
+    for name, tensor in reference_state["state_dict"].items():
+        assert torch.equal(resumed_state["state_dict"][name], tensor), name
+    # One MLflow run, continued, and nothing left RUNNING.
+    summary = json.loads((resumed / "artifacts" / "transformer" / "training.json").read_text())
+    assert summary["epochs"] == EPOCHS
+    assert [(run.info.run_id, run.info.status) for run in runs(resumed)] == [
+        (summary["run_id"], "FINISHED")
+    ]
+
+
+def test_killed_training_resumes_and_matches_an_uninterrupted_run(workspace, reference, tmp_path):
     killed = clone_workspace(workspace, tmp_path / "killed")
     run_until_checkpoint_then_kill(killed, "checkpoints/transformer/last.ckpt")
     resumed = stage_cmd(killed, "train", "--arch", "transformer")
     assert "resuming transformer from checkpoints/transformer/last.ckpt" in resumed.stderr
+    assert_same_training(killed, reference)
 
-    # Deterministic on CPU: the resumed run reproduces the uninterrupted one exactly.
-    assert final_metrics(killed) == final_metrics(reference)
-    killed_state = torch.load(killed / "checkpoints/transformer/last.ckpt", weights_only=True)
-    reference_state = torch.load(reference / "checkpoints/transformer/last.ckpt", weights_only=True)
-    for name, tensor in reference_state["state_dict"].items():
-        assert torch.equal(killed_state["state_dict"][name], tensor), name
-    # One MLflow run, continued, and nothing left RUNNING.
-    summary = json.loads((killed / "artifacts" / "transformer" / "training.json").read_text())
-    assert summary["epochs"] == EPOCHS
-    assert [(run.info.run_id, run.info.status) for run in runs(killed)] == [
-        (summary["run_id"], "FINISHED")
-    ]
+
+def test_killed_inside_an_epoch_resumes_at_that_step_exactly(workspace, reference, tmp_path):
+    killed = clone_workspace(workspace, tmp_path / "killed")
+    params = yaml.safe_load((killed / "params.yaml").read_text())
+    params["train"]["checkpoint_every_n_steps"] = 4  # saving changes no number of the run
+    (killed / "params.yaml").write_text(yaml.safe_dump(params))
+    # SIGKILL right after the first in-epoch save of last.ckpt in the second epoch.
+    driver = textwrap.dedent(
+        """
+        import os, signal
+        import pipelines.train as train
+        real = train.AtomicCheckpointIO.save_checkpoint
+        def save(self, checkpoint, path, storage_options=None):
+            real(self, checkpoint, path, storage_options)
+            if "rng" in checkpoint["nmt"] and checkpoint["epoch"] == 1:
+                print("killed at step", checkpoint["global_step"], flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+        train.AtomicCheckpointIO.save_checkpoint = save
+        train.main(["--arch", "transformer"])
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", driver],
+        cwd=killed,
+        env=workspace_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    step = int(done.stdout.split("killed at step ")[1].split()[0])
+    steps_per_epoch = _steps_per_epoch(workspace)
+    assert steps_per_epoch < step < 2 * steps_per_epoch  # inside the second epoch
+
+    resumed = stage_cmd(killed, "train", "--arch", "transformer")
+    assert f"inside epoch 1, optimizer step {step}" in resumed.stderr
+    assert_same_training(killed, reference)
 
 
 def test_kill_between_temporary_write_and_rename_keeps_the_previous_checkpoint(workspace, tmp_path):

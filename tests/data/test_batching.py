@@ -144,6 +144,33 @@ def test_resume_mid_epoch(train_split: TokenizedSplit) -> None:
     assert len(resumed) == len(full)  # the skip applies once
 
 
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_training_loader_state_is_the_position_the_loop_reached(
+    train_split: TokenizedSplit, accumulate: int
+) -> None:
+    from pipelines.datamodule import ResumableDataLoader
+
+    def loader(seed: int) -> ResumableDataLoader:
+        sampler = samplers(train_split, 2, 256, seed=seed, accumulate=accumulate)[1]
+        sampler.set_epoch(2)
+        return ResumableDataLoader(
+            TranslationDataset(train_split), batch_sampler=sampler, collate_fn=collate
+        )
+
+    first = loader(5)
+    whole = [batch["index"].tolist() for batch in first]
+    batches = iter(first)
+    for _ in range(3 * accumulate):  # three optimizer steps consumed by the training loop
+        next(batches)
+    state = first.state_dict()
+    assert state == {"epoch": 2, "seed": 5, "start_step": 3}
+    resumed = loader(0)
+    resumed.load_state_dict(state)
+    assert len(resumed) == len(whole)  # Lightning counts the steps already done
+    assert [batch["index"].tolist() for batch in resumed] == whole[3 * accumulate :]
+    assert resumed.state_dict()["start_step"] == len(whole) // accumulate
+
+
 def test_fewer_examples_than_replicas() -> None:
     with pytest.raises(PipelineError, match="2 examples cannot be shared by 3 ranks"):
         TokenBucketBatchSampler([3, 4], [3, 4], 100, num_replicas=3, rank=0)
