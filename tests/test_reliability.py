@@ -103,11 +103,22 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_run(workspace, ref
     assert_same_training(killed, reference)
 
 
-def test_killed_inside_an_epoch_resumes_at_that_step_exactly(workspace, reference, tmp_path):
-    killed = clone_workspace(workspace, tmp_path / "killed")
-    params = yaml.safe_load((killed / "params.yaml").read_text())
-    params["train"]["checkpoint_every_n_steps"] = 4  # saving changes no number of the run
-    (killed / "params.yaml").write_text(yaml.safe_dump(params))
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_killed_inside_an_epoch_resumes_at_that_step_exactly(
+    workspace, reference, tmp_path, num_workers
+):
+    def variant(name: str) -> Path:
+        copy = clone_workspace(workspace, tmp_path / name)
+        params = yaml.safe_load((copy / "params.yaml").read_text())
+        params["train"]["checkpoint_every_n_steps"] = 4  # saving changes no number of the run
+        params["train"]["num_workers"] = num_workers  # loader processes do (their seeds)
+        (copy / "params.yaml").write_text(yaml.safe_dump(params))
+        return copy
+
+    if num_workers:
+        reference = variant("reference")
+        stage_cmd(reference, "train", "--arch", "transformer")
+    killed = variant("killed")
     # SIGKILL right after the first in-epoch save of last.ckpt in the second epoch.
     driver = textwrap.dedent(
         """
