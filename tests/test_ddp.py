@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import csv
-import signal
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -17,7 +13,7 @@ from tests.training_helpers import (
     clone_workspace,
     make_workspace,
     stage_cmd,
-    workspace_env,
+    train_killed_inside_second_epoch,
     workspace_params,
 )
 
@@ -98,23 +94,6 @@ def test_ddp_writes_outputs_and_the_mlflow_run_once(single_and_ddp):
     ]
 
 
-# Kill the whole run (both ranks) right after the first in-epoch checkpoint of the second epoch.
-KILL_INSIDE_SECOND_EPOCH = textwrap.dedent(
-    """
-    import os, signal
-    import pipelines.train as train
-    real = train.AtomicCheckpointIO.save_checkpoint
-    def save(self, checkpoint, path, storage_options=None):
-        real(self, checkpoint, path, storage_options)
-        if "rng" in checkpoint["nmt"] and checkpoint["epoch"] == 1:
-            print("killed at step", checkpoint["global_step"], flush=True)
-            os.killpg(0, signal.SIGKILL)
-    train.AtomicCheckpointIO.save_checkpoint = save
-    train.main(["--arch", "transformer"])
-    """
-)
-
-
 def test_ddp_killed_inside_an_epoch_resumes_every_rank_exactly(tmp_path):
     params = workspace_params(  # dropout on: each rank's random stream must be restored
         models={"transformer": {"optim": {"max_epochs": 2}}},
@@ -123,19 +102,7 @@ def test_ddp_killed_inside_an_epoch_resumes_every_rank_exactly(tmp_path):
     reference = make_workspace(tmp_path / "reference", params)
     killed = clone_workspace(reference, tmp_path / "killed")
     stage_cmd(reference, "train", "--arch", "transformer")
-    # A script file, not `python -c`: Lightning starts rank 1 by running the same command again.
-    (killed / "kill_inside_epoch.py").write_text(KILL_INSIDE_SECOND_EPOCH)
-    done = subprocess.run(
-        [sys.executable, "kill_inside_epoch.py"],
-        cwd=killed,
-        env=workspace_env(),
-        capture_output=True,
-        text=True,
-        start_new_session=True,  # its own process group: the kill takes both ranks, not pytest
-        timeout=600,
-    )
-    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
-    step = int(done.stdout.split("killed at step ")[1].split()[0])
+    step = train_killed_inside_second_epoch(killed)
     state = torch.load(killed / "checkpoints/transformer/last.ckpt", weights_only=True)
     assert len(state["nmt"]["rng"]) == 2  # both ranks' states, gathered
     resumed = stage_cmd(killed, "train", "--arch", "transformer")

@@ -21,6 +21,7 @@ from tests.training_helpers import (
     clone_workspace,
     make_workspace,
     stage_cmd,
+    train_killed_inside_second_epoch,
     workspace_env,
     workspace_params,
 )
@@ -119,30 +120,7 @@ def test_killed_inside_an_epoch_resumes_at_that_step_exactly(
         reference = variant("reference")
         stage_cmd(reference, "train", "--arch", "transformer")
     killed = variant("killed")
-    # SIGKILL right after the first in-epoch save of last.ckpt in the second epoch.
-    driver = textwrap.dedent(
-        """
-        import os, signal
-        import pipelines.train as train
-        real = train.AtomicCheckpointIO.save_checkpoint
-        def save(self, checkpoint, path, storage_options=None):
-            real(self, checkpoint, path, storage_options)
-            if "rng" in checkpoint["nmt"] and checkpoint["epoch"] == 1:
-                print("killed at step", checkpoint["global_step"], flush=True)
-                os.kill(os.getpid(), signal.SIGKILL)
-        train.AtomicCheckpointIO.save_checkpoint = save
-        train.main(["--arch", "transformer"])
-        """
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", driver],
-        cwd=killed,
-        env=workspace_env(),
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
-    step = int(done.stdout.split("killed at step ")[1].split()[0])
+    step = train_killed_inside_second_epoch(killed)
     steps_per_epoch = _steps_per_epoch(workspace)
     assert steps_per_epoch < step < 2 * steps_per_epoch  # inside the second epoch
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +65,37 @@ def workspace_env() -> dict[str, str]:
     env = project_env(REPO)
     env["PYTHONPATH"] = str(REPO)
     return env
+
+
+# Train, and SIGKILL the whole run (every rank) right after the first checkpoint saved inside the
+# second epoch. A script file, not `python -c`: Lightning starts DDP ranks by rerunning it.
+KILL_INSIDE_SECOND_EPOCH = textwrap.dedent(
+    """
+    import os, signal
+    import pipelines.train as train
+    real = train.AtomicCheckpointIO.save_checkpoint
+    def save(self, checkpoint, path, storage_options=None):
+        real(self, checkpoint, path, storage_options)
+        if "rng" in checkpoint["nmt"] and checkpoint["epoch"] == 1:
+            print("killed at step", checkpoint["global_step"], flush=True)
+            os.killpg(0, signal.SIGKILL)
+    train.AtomicCheckpointIO.save_checkpoint = save
+    train.main(["--arch", "transformer"])
+    """
+)
+
+
+def train_killed_inside_second_epoch(workspace: Path) -> int:
+    """Train in `workspace` until the first in-epoch checkpoint of epoch 1; returns its step."""
+    (workspace / "kill_inside_epoch.py").write_text(KILL_INSIDE_SECOND_EPOCH)
+    done = subprocess.run(
+        [sys.executable, "kill_inside_epoch.py"],
+        cwd=workspace,
+        env=workspace_env(),
+        capture_output=True,
+        text=True,
+        start_new_session=True,  # its own process group: the kill takes every rank, not pytest
+        timeout=600,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    return int(done.stdout.split("killed at step ")[1].split()[0])
