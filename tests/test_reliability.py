@@ -104,24 +104,25 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_run(workspace, ref
     assert_same_training(killed, reference)
 
 
-@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize(("num_workers", "accumulate"), [(0, 1), (2, 1), (0, 2)])
 def test_killed_inside_an_epoch_resumes_at_that_step_exactly(
-    workspace, reference, tmp_path, num_workers
+    workspace, reference, tmp_path, num_workers, accumulate
 ):
     def variant(name: str) -> Path:
         copy = clone_workspace(workspace, tmp_path / name)
         params = yaml.safe_load((copy / "params.yaml").read_text())
-        params["train"]["checkpoint_every_n_steps"] = 4  # saving changes no number of the run
-        params["train"]["num_workers"] = num_workers  # loader processes do (their seeds)
+        params["train"]["checkpoint_every_n_steps"] = 4 // accumulate  # changes no number
+        # Loader processes (their seeds) and accumulation (fewer, larger steps) do.
+        params["train"].update(num_workers=num_workers, accumulate_grad_batches=accumulate)
         (copy / "params.yaml").write_text(yaml.safe_dump(params))
         return copy
 
-    if num_workers:
+    if (num_workers, accumulate) != (0, 1):
         reference = variant("reference")
         stage_cmd(reference, "train", "--arch", "transformer")
     killed = variant("killed")
     step = train_killed_inside_second_epoch(killed)
-    steps_per_epoch = _steps_per_epoch(workspace)
+    steps_per_epoch = -(-_steps_per_epoch(workspace) // accumulate)
     assert steps_per_epoch < step < 2 * steps_per_epoch  # inside the second epoch
 
     resumed = stage_cmd(killed, "train", "--arch", "transformer")
