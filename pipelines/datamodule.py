@@ -30,12 +30,11 @@ class ResumableDataLoader(DataLoader):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._epoch = 0
         self._handed_out = 0
 
     def __iter__(self) -> Iterator[Any]:
         sampler: TokenBucketBatchSampler = self.batch_sampler  # type: ignore[assignment]
-        self._epoch, self._handed_out = sampler.epoch, sampler.start_step * sampler.accumulate
+        self._handed_out = sampler.start_step * sampler.accumulate
         return self._counted(super().__iter__())  # created now, as DataLoader does
 
     def _counted(self, batches: Iterator[Any]) -> Iterator[Any]:
@@ -52,7 +51,7 @@ class ResumableDataLoader(DataLoader):
     def state_dict(self) -> dict[str, Any]:
         sampler: TokenBucketBatchSampler = self.batch_sampler  # type: ignore[assignment]
         return {
-            "epoch": self._epoch,
+            "epoch": sampler.epoch,
             "seed": sampler.seed,
             "start_step": self._handed_out // sampler.accumulate,
         }
