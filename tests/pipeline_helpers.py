@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gzip
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,43 @@ from pipelines.params import deep_update
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+
+# The first lines of each Multi30k split: the corpus of the tests that need no DVC pull.
+TINY_CORPUS_LINES = {"train": 300, "validation": 40, "test_2016_flickr": 30, "test_2017_flickr": 30}
+
+
+def cut_corpus(folder: Path, lines: dict[str, int]) -> None:
+    """Write the first `lines[split]` lines of each split of ../shared/multi30k into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, count in lines.items():
+        with gzip.open(SHARED / "multi30k" / f"{split}.jsonl.gz", "rt", encoding="utf-8") as src:
+            head = "".join(next(src) for _ in range(count))
+        (folder / f"{split}.jsonl").write_text(head, encoding="utf-8")
+
+
+def tiny_corpus() -> Path:
+    """A folder `multi30k_tiny` with the first lines of each split of ../shared/multi30k.
+
+    The corpus lives in ../shared and in DVC, never in the repository: this slice of it is cut
+    once per machine into the temporary folder (written aside, then renamed into place). The
+    path is returned even when ../shared is missing; tests/conftest.py then skips what needs it.
+    """
+    source = SHARED / "multi30k"
+    if not source.exists():
+        return Path(tempfile.gettempdir()) / "nmt-tests-missing" / "multi30k_tiny"
+    sizes = "-".join(str((source / f"{s}.jsonl.gz").stat().st_size) for s in TINY_CORPUS_LINES)
+    target = Path(tempfile.gettempdir()) / f"nmt-tests-{sizes}" / "multi30k_tiny"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=target.parent))
+    cut_corpus(work, TINY_CORPUS_LINES)
+    try:
+        work.rename(target)
+    except OSError:  # another test process cut it first: the same lines
+        shutil.rmtree(work)
+    return target
+
 
 # The tiny profile: a few hundred pairs, tiny models, one short epoch. Applied on top of the
 # real params.yaml so that the test exercises the same keys users edit.

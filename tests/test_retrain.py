@@ -8,7 +8,6 @@ scheduler runs `nmt retrain`. Tiny profile, Transformer only, 40 validation and 
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import subprocess
@@ -23,6 +22,7 @@ import yaml
 from pipelines import registry, retrain, runlock
 from tests.pipeline_helpers import (
     SHARED,
+    cut_corpus,
     git,
     kill_groups,
     make_project_copy,
@@ -100,11 +100,7 @@ class Setup:
 
 def write_corpus(folder: Path, train_pairs: int) -> None:
     """The first `train_pairs` training pairs of Multi30k and small validation and test splits."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, count in {"train": train_pairs, **SIZES}.items():
-        with gzip.open(SHARED / "multi30k" / f"{split}.jsonl.gz", "rt", encoding="utf-8") as src:
-            lines = [next(src) for _ in range(count)]
-        (folder / f"{split}.jsonl").write_text("".join(lines), encoding="utf-8")
+    cut_corpus(folder, {"train": train_pairs, **SIZES})
 
 
 def publish(setup: Setup, message: str) -> str:

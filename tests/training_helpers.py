@@ -13,13 +13,13 @@ from typing import Any
 import yaml
 
 from pipelines.params import deep_update
-from tests.pipeline_helpers import REPO, project_env, tiny_params
+from tests.pipeline_helpers import REPO, project_env, tiny_corpus, tiny_params
 
-FIXTURE_CORPUS = REPO / "tests" / "fixtures" / "multi30k_tiny"
+FIXTURE_CORPUS = tiny_corpus()
 
 
 def workspace_params(**extra: Any) -> dict[str, Any]:
-    """The tiny profile on the committed 300-pair fixture corpus, transformer only."""
+    """The tiny profile on the 300-pair slice of Multi30k (`tiny_corpus`), transformer only."""
     params = tiny_params()
     params["architectures"] = ["transformer"]
     params["data"].update(dataset=str(FIXTURE_CORPUS), max_train_pairs=0)

@@ -12,10 +12,10 @@ import yaml
 from pipelines.params import DataParams, PrepareParams, TokenizerParams
 from pipelines.prepare import prepare
 from pipelines.tokenizer import tokenize
+from tests.pipeline_helpers import tiny_corpus
 
 REPO = Path(__file__).resolve().parents[2]
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-TINY_CORPUS = FIXTURES / "multi30k_tiny"
+TINY_CORPUS = tiny_corpus()
 TEST_SPLITS = ["test_2016_flickr", "test_2017_flickr"]
 TINY_VOCAB = 500
 
