@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from models import BOS_ID, EOS_ID, PAD_ID, build_model
+from models.attention import use_cudnn_attention
 from pipelines.batching import TokenBucketBatchSampler, TranslationDataset, collate
 from pipelines.lit_module import label_smoothed_nll
 from pipelines.params import load_params
@@ -263,6 +264,42 @@ def count_syncs(step: Callable, batches: list[dict[str, Tensor]]) -> int | None:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
+def kernel_profile(
+    step: Callable[[dict[str, Tensor]], Tensor], batches: list[dict[str, Tensor]], top: int = 12
+) -> dict[str, Any]:
+    """GPU work of `batches` training steps under torch.profiler: kernels launched and kernel
+    time per step, and the kernels that take the most time. Kernel time far under the wall time
+    of a step means the host (Python, dispatch, launches) is the bottleneck, not the GPU."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for batch in batches:
+            step(batch)
+        synchronize()
+    per_kernel: dict[str, list[float]] = {}
+    for event in prof.events():
+        if event.device_type == DeviceType.CUDA:
+            per_kernel.setdefault(event.name, []).append(event.time_range.elapsed_us())
+    steps = max(len(batches), 1)
+    total_us = sum(sum(times) for times in per_kernel.values())
+    ranked = sorted(per_kernel.items(), key=lambda item: -sum(item[1]))[:top]
+    return {
+        "steps": len(batches),
+        "kernels_per_step": round(sum(len(t) for t in per_kernel.values()) / steps, 1),
+        "gpu_kernel_ms_per_step": round(total_us / 1000 / steps, 3),
+        "top_kernels": [
+            {
+                "name": name[:100],
+                "calls_per_step": len(t) / steps,
+                "ms_per_step": sum(t) / 1e3 / steps,
+            }
+            for name, t in ranked
+        ],
+    }
+
+
 def measure(
     name: str,
     model: nn.Module,
@@ -275,6 +312,7 @@ def measure(
     repeats: int,
     peak_tflops: float | None,
     compiled: bool = False,
+    profile_steps: int = 0,
 ) -> dict[str, Any]:
     """Throughput, peak memory, MFU and host syncs of `steps` training steps after `warmup`."""
     optimizer = optimizer_for(model, optim.lr, optim.betas, optim.weight_decay)
@@ -341,6 +379,11 @@ def measure(
         result["model_tflops"] = round(flops / 1e12, 2)
         result["mfu"] = round(flops / (peak_tflops * 1e12), 4)
         result["mfu_sided"] = round(sided / (peak_tflops * 1e12), 4)
+    if profile_steps and torch.cuda.is_available():
+        result["profile"] = kernel_profile(step, timed[:profile_steps])
+        result["gpu_busy_fraction"] = round(
+            result["profile"]["gpu_kernel_ms_per_step"] / result["ms_per_step"], 3
+        )
     log.info(
         "%s%s: %.0f tokens/s, %.2f ms/step, peak %.2f GiB, MFU %s, syncs/step %s",
         name,
@@ -363,8 +406,8 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
     batches = load_batches(
         args.tokenized, params.data.train_split, batch_tokens, args.warmup + args.steps + 3
     )
-    if args.no_cudnn_sdpa:
-        torch.backends.cuda.enable_cudnn_sdp(False)
+    cudnn = {"on": True, "off": False, None: params.train.cudnn_attention}[args.cudnn_sdpa]
+    use_cudnn_attention(cudnn)  # the same SDPA backends for every model, Marian's too
     results: dict[str, Any] = {
         "environment": environment(),
         "sdpa_cudnn_enabled": torch.backends.cuda.cudnn_sdp_enabled(),
@@ -386,17 +429,21 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         results["bf16_matmul_tflops"] = round(peak, 1)
         log.info("bf16 matmul: %.1f TFLOP/s", peak)
     deadline = time.monotonic() + args.max_seconds
-    jobs: list[tuple[str, str, bool]] = [(arch, "ours", False) for arch in archs]
+    # Eager jobs are repeated in rounds (ours, Marian, ours, Marian, ...) so that a drift of the
+    # machine shows as a spread between rounds; compiled jobs run once, after them.
+    eager: list[tuple[str, str, bool]] = [(arch, "ours", False) for arch in archs]
     if args.marian:
-        jobs.append((args.marian, "marian", False))
-    for arch in args.compile or []:
-        jobs.append((arch, "ours", True))
+        eager.append((args.marian, "marian", False))
+    jobs = [(round_, *job) for round_ in range(args.rounds) for job in eager]
+    jobs += [(0, arch, "ours", True) for arch in args.compile or []]
     if args.marian and args.compile_marian:
-        jobs.append((args.marian, "marian", True))
-    for arch, kind, compiled in jobs:
+        jobs.append((0, args.marian, "marian", True))
+    for round_, arch, kind, compiled in jobs:
         if time.monotonic() > deadline:
             log.warning("time budget spent: skipping %s %s", kind, arch)
-            results["runs"].append({"name": arch, "kind": kind, "skipped": "time budget"})
+            results["runs"].append(
+                {"name": arch, "kind": kind, "round": round_, "skipped": "time budget"}
+            )
             continue
         arch_params = params.arch(arch)
         torch.manual_seed(params.seed)
@@ -430,24 +477,30 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
                 args.repeats,
                 peak,
                 compiled,
+                args.profile_steps,
             )
-            run["kind"] = kind
-            run["arch"] = arch
+            run.update(kind=kind, arch=arch, round=round_)
             if kind == "marian":
                 run["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
             results["runs"].append(run)
-            results["speedup_vs_marian"] = speedups(results["runs"])
+            results.update(speedups(results["runs"]))
             write_json(args.out, results)  # partial results survive a kill
         except Exception as err:  # one failing model must not lose the others' numbers
             log.exception("%s %s failed", kind, arch)
             results["runs"].append(
-                {"name": arch, "kind": kind, "compiled": compiled, "error": repr(err)}
+                {
+                    "name": arch,
+                    "kind": kind,
+                    "compiled": compiled,
+                    "round": round_,
+                    "error": repr(err),
+                }
             )
         finally:
             model = forward = None
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-    results["speedup_vs_marian"] = speedups(results["runs"])
+    results.update(speedups(results["runs"]))
     return results
 
 
@@ -456,17 +509,26 @@ def write_json(path: Path, result: dict[str, Any]) -> None:
     path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
 
-def speedups(runs: list[dict[str, Any]]) -> dict[str, float]:
-    """tokens/s of our model over MarianMTModel's at the same architecture, eager and compiled."""
+def speedups(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """tokens/s of our model over MarianMTModel's at the same architecture, eager and compiled:
+    each round's ratio (ours and Marian measured in the same round) and their median."""
     done = [r for r in runs if "tokens_per_sec" in r]
-    ratios = {}
+    per_round: dict[str, list[float]] = {}
     for reference in (r for r in done if r["kind"] == "marian"):
-        for ours in (r for r in done if r["kind"] == "ours" and r["arch"] == reference["arch"]):
+        for ours in done:
+            if ours["kind"] != "ours" or ours["arch"] != reference["arch"]:
+                continue
+            if ours["round"] != reference["round"]:
+                continue
             mode = "compiled" if ours["compiled"] else "eager"
             marian_mode = "compiled" if reference["compiled"] else "eager"
             key = f"ours_{mode}_vs_marian_{marian_mode}"
-            ratios[key] = round(ours["tokens_per_sec"] / reference["tokens_per_sec"], 3)
-    return ratios
+            ratio = round(ours["tokens_per_sec"] / reference["tokens_per_sec"], 3)
+            per_round.setdefault(key, []).append(ratio)
+    return {
+        "speedup_vs_marian": {k: round(statistics.median(v), 3) for k, v in per_round.items()},
+        "speedup_vs_marian_per_round": per_round,
+    }
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -580,9 +642,20 @@ def main(argv: list[str] | None = None) -> None:
     tp.add_argument("--batch-tokens", type=int, default=0, help="default: train.batch_tokens")
     tp.add_argument("--warmup", type=int, default=10)
     tp.add_argument("--steps", type=int, default=40)
-    tp.add_argument("--repeats", type=int, default=3)
+    tp.add_argument("--repeats", type=int, default=3, help="timed passes per measurement")
     tp.add_argument(
-        "--no-cudnn-sdpa", action="store_true", help="SDPA without its cuDNN backend (all models)"
+        "--rounds", type=int, default=1, help="measure the eager models this many times, in turn"
+    )
+    tp.add_argument(
+        "--cudnn-sdpa",
+        choices=("on", "off"),
+        help="SDPA's cuDNN backend for all models (default: the params' train.cudnn_attention)",
+    )
+    tp.add_argument(
+        "--profile-steps",
+        type=int,
+        default=5,
+        help="steps profiled for kernel count and GPU kernel time per step (0: none; CUDA only)",
     )
     tp.add_argument("--max-seconds", type=float, default=400, help="skip jobs after this")
     tp.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -618,10 +691,12 @@ def print_throughput_table(result: dict[str, Any], stream) -> None:
     )
     stream.write(
         f"{'model':32s} {'params':>8s} {'tok/s':>10s} {'ms/step':>8s} {'GiB':>6s} "
-        f"{'MFU':>6s} {'sided':>6s} {'syncs':>5s}\n"
+        f"{'MFU':>6s} {'sided':>6s} {'syncs':>5s} {'kernels':>7s} {'GPU ms':>7s} {'busy':>5s}\n"
     )
     for run in result["runs"]:
         label = run["name"] + (" +compile" if run.get("compiled") else "")
+        if run.get("round"):
+            label += f" (round {run['round'] + 1})"
         if "tokens_per_sec" not in run:
             stream.write(f"{label:32s} {run.get('error') or run.get('skipped')}\n")
             continue
@@ -629,9 +704,15 @@ def print_throughput_table(result: dict[str, Any], stream) -> None:
             f"{label:32s} {run['parameters'] / 1e6:7.1f}M {run['tokens_per_sec']:10.0f} "
             f"{run['ms_per_step']:8.2f} {run.get('peak_memory_gib', 0):6.2f} "
             f"{run.get('mfu', 0):6.3f} {run.get('mfu_sided', 0):6.3f} "
-            f"{run['host_syncs_per_step']!s:>5s}\n"
+            f"{run['host_syncs_per_step']!s:>5s} "
+            f"{run.get('profile', {}).get('kernels_per_step', '-')!s:>7s} "
+            f"{run.get('profile', {}).get('gpu_kernel_ms_per_step', '-')!s:>7s} "
+            f"{run.get('gpu_busy_fraction', '-')!s:>5s}\n"
         )
-    stream.write(f"speedup vs Marian: {result.get('speedup_vs_marian')}\n")
+    stream.write(
+        f"speedup vs Marian (median): {result.get('speedup_vs_marian')}; per round: "
+        f"{result.get('speedup_vs_marian_per_round')}\n"
+    )
 
 
 if __name__ == "__main__":

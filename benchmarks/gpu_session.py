@@ -123,6 +123,12 @@ PLANS: dict[str, dict[str, Any]] = {
         "concurrent": False,
         "runs": [Run("transformer", "transformer", 300, decode_bench=True)],
     },
+    "transformer_final": {  # the profile's Transformer alone, no benchmark
+        "gpu_tests": False,
+        "bench": None,
+        "concurrent": False,
+        "runs": [Run("transformer", "transformer", 280, decode_bench=True)],
+    },
     "lstm_final": {  # the profile's LSTMs, one at a time
         "gpu_tests": False,
         "bench": None,

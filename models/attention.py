@@ -103,53 +103,76 @@ class KeyValueCache:
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head attention: h parallel scaled dot-product attentions on learned projections."""
+    """Multi-head attention: h parallel scaled dot-product attentions on learned projections.
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
+    Keys and values always come from the same sequence here, so their projections are stacked
+    into one matrix product; self-attention stacks the query projection too (one product for
+    Q, K and V). The same function as separate projections, in fewer and larger kernels.
+    """
+
+    def __init__(
+        self, d_model: int, n_heads: int, dropout: float = 0.0, self_attention: bool = False
+    ) -> None:
         super().__init__()
         if d_model % n_heads != 0:
             raise ValueError(f"n_heads ({n_heads}) must divide d_model ({d_model})")
         self.n_heads = n_heads
         self.d_head = d_model // n_heads
         self.dropout = dropout
-        self.query_proj = nn.Linear(d_model, d_model)
-        self.key_proj = nn.Linear(d_model, d_model)
-        self.value_proj = nn.Linear(d_model, d_model)
+        self.self_attention = self_attention
+        if self_attention:
+            self.qkv_proj = nn.Linear(d_model, 3 * d_model)  # rows: W_Q, W_K, W_V
+        else:
+            self.query_proj = nn.Linear(d_model, d_model)
+            self.key_value_proj = nn.Linear(d_model, 2 * d_model)  # rows: W_K, W_V
         self.out_proj = nn.Linear(d_model, d_model)
+        self.register_load_state_dict_pre_hook(_stack_separate_projections)
 
-    def _split_heads(self, x: Tensor) -> Tensor:
+    def _split_heads(self, x: Tensor, parts: int) -> tuple[Tensor, ...]:
+        """[B, T, parts * D] -> `parts` tensors [B, H, T, d_head]."""
         batch, length, _ = x.shape
-        return x.view(batch, length, self.n_heads, self.d_head).transpose(1, 2)  # [B, H, T, d_head]
+        return tuple(
+            part.view(batch, length, self.n_heads, self.d_head).transpose(1, 2)
+            for part in x.chunk(parts, dim=-1)
+        )
 
-    def project_key_value(self, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor]:
-        """Project and split keys and values: [B, S, D] -> two [B, H, S, d_head]."""
-        return self._split_heads(self.key_proj(key)), self._split_heads(self.value_proj(value))
+    def project_key_value(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys and values of attention over `memory`: [B, S, D] -> two [B, H, S, d_head]."""
+        if self.self_attention:
+            raise ValueError("project_key_value is for attention over another sequence")
+        key, value = self._split_heads(self.key_value_proj(memory), 2)
+        return key, value
 
     def forward(
         self,
         query: Tensor,
-        key: Tensor | None,
-        value: Tensor | None,
+        memory: Tensor | None = None,
         key_padding_mask: Tensor | None = None,
         causal: bool = False,
         need_weights: bool = False,
         cache: KeyValueCache | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """query: [B, T, D], key/value: [B, S, D] (ignored with a static cache) -> [B, T, D].
+        """query: [B, T, D] -> [B, T, D]. Self-attention attends over `query` itself (`memory`
+        must be None); otherwise over `memory` [B, S, D], which a static `cache` replaces.
 
         Returns the per-head weights [B, H, T, S] when `need_weights`, else None (fused path).
         A growing `cache` is extended in place with this call's keys and values.
         """
-        q = self._split_heads(self.query_proj(query))  # [B, H, T, d_head]
-        if cache is not None and cache.static:
-            k, v = cache.key, cache.value
+        if self.self_attention:
+            if memory is not None:
+                raise ValueError("self-attention takes no memory: it attends over its query")
+            q, k, v = self._split_heads(self.qkv_proj(query), 3)  # each [B, H, T, d_head]
         else:
-            k, v = self.project_key_value(key, value)
-            if cache is not None:
-                if cache.key is not None:
-                    k = torch.cat([cache.key, k], dim=2)  # [B, H, S_past + T, d_head]
-                    v = torch.cat([cache.value, v], dim=2)  # [B, H, S_past + T, d_head]
-                cache.key, cache.value = k, v
+            (q,) = self._split_heads(self.query_proj(query), 1)
+            if cache is not None and cache.static:
+                k, v = cache.key, cache.value
+            else:
+                k, v = self.project_key_value(memory)
+        if cache is not None and not cache.static:
+            if cache.key is not None:
+                k = torch.cat([cache.key, k], dim=2)  # [B, H, S_past + T, d_head]
+                v = torch.cat([cache.value, v], dim=2)  # [B, H, S_past + T, d_head]
+            cache.key, cache.value = k, v
         dropout_p = self.dropout if self.training else 0.0
         if need_weights:
             out, weights = scaled_dot_product_attention(
@@ -160,6 +183,18 @@ class MultiHeadAttention(nn.Module):
         batch, _, length, _ = out.shape
         out = out.transpose(1, 2).reshape(batch, length, self.n_heads * self.d_head)  # [B, T, D]
         return self.out_proj(out), weights
+
+
+def _stack_separate_projections(
+    module: MultiHeadAttention, state_dict: dict[str, Tensor], prefix: str, *args: object
+) -> None:
+    """Load weights saved with separate query/key/value projections (before they were stacked)."""
+    names = ("query", "key", "value") if module.self_attention else ("key", "value")
+    target = "qkv_proj" if module.self_attention else "key_value_proj"
+    for kind in ("weight", "bias"):
+        old = [f"{prefix}{name}_proj.{kind}" for name in names]
+        if all(key in state_dict for key in old):
+            state_dict[f"{prefix}{target}.{kind}"] = torch.cat([state_dict.pop(k) for k in old])
 
 
 class _ScoredAttention(nn.Module):

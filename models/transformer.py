@@ -82,7 +82,7 @@ class EncoderLayer(nn.Module):
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         self.self_attention = MultiHeadAttention(
-            config.d_model, config.n_heads, config.attention_dropout
+            config.d_model, config.n_heads, config.attention_dropout, self_attention=True
         )
         self.feed_forward = FeedForward(config)
         self.attention_residual = Residual(config)
@@ -91,7 +91,7 @@ class EncoderLayer(nn.Module):
     def forward(self, x: Tensor, src_pad_mask: Tensor) -> Tensor:
         """x: [B, S, D], src_pad_mask: [B, S] -> [B, S, D]."""
         h = self.attention_residual.sublayer_input(x)
-        x = self.attention_residual.add(x, self.self_attention(h, h, h, src_pad_mask)[0])
+        x = self.attention_residual.add(x, self.self_attention(h, key_padding_mask=src_pad_mask)[0])
         h = self.feed_forward_residual.sublayer_input(x)
         return self.feed_forward_residual.add(x, self.feed_forward(h))
 
@@ -102,7 +102,7 @@ class DecoderLayer(nn.Module):
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         self.self_attention = MultiHeadAttention(
-            config.d_model, config.n_heads, config.attention_dropout
+            config.d_model, config.n_heads, config.attention_dropout, self_attention=True
         )
         self.cross_attention = MultiHeadAttention(
             config.d_model, config.n_heads, config.attention_dropout
@@ -126,11 +126,11 @@ class DecoderLayer(nn.Module):
         Target padding sits at the end, so the causal mask already hides it from real tokens.
         """
         h = self.self_attention_residual.sublayer_input(x)
-        attended, _ = self.self_attention(h, h, h, causal=True, cache=self_cache)
+        attended, _ = self.self_attention(h, causal=True, cache=self_cache)
         x = self.self_attention_residual.add(x, attended)
         h = self.cross_attention_residual.sublayer_input(x)
         attended, weights = self.cross_attention(
-            h, memory, memory, src_pad_mask, need_weights=need_weights, cache=cross_cache
+            h, memory, src_pad_mask, need_weights=need_weights, cache=cross_cache
         )
         x = self.cross_attention_residual.add(x, attended)
         h = self.feed_forward_residual.sublayer_input(x)
@@ -207,7 +207,7 @@ class TransformerSeq2Seq(Seq2Seq):
     def init_decoder_state(self, encoder_out: EncoderOutput) -> TransformerDecoderState:
         memory = encoder_out.memory
         cross_caches = [
-            KeyValueCache(*layer.cross_attention.project_key_value(memory, memory), static=True)
+            KeyValueCache(*layer.cross_attention.project_key_value(memory), static=True)
             for layer in self.decoder_layers
         ]
         self_caches = [KeyValueCache() for _ in self.decoder_layers]

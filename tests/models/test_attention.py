@@ -103,15 +103,15 @@ def test_scaling_keeps_logit_variance_near_one():
     assert weights.log().var(dim=-1).mean().item() == pytest.approx(1.0, rel=0.15)
 
 
-def _multi_head(seed=0, d_model=16, n_heads=4):
+def _multi_head(seed=0, d_model=16, n_heads=4, self_attention=False):
     torch.manual_seed(seed)
-    return MultiHeadAttention(d_model, n_heads).eval()
+    return MultiHeadAttention(d_model, n_heads, self_attention=self_attention).eval()
 
 
 def test_heads_attend_differently():
     attention = _multi_head()
     x = torch.randn(2, 6, 16)
-    _, weights = attention(x, x, x, need_weights=True)
+    _, weights = attention(x, x, need_weights=True)
     assert weights.shape == (2, 4, 6, 6)
     for first in range(4):
         for second in range(first + 1, 4):
@@ -122,42 +122,83 @@ def test_multi_head_equals_independent_heads_concatenated():
     attention = _multi_head()
     query, memory = torch.randn(2, 3, 16), torch.randn(2, 5, 16)
     pad = torch.tensor([[False] * 5, [False, False, True, True, True]])
-    out, _ = attention(query, memory, memory, key_padding_mask=pad)
-    d_head = 4
+    out, _ = attention(query, memory, key_padding_mask=pad)
+    d_head, d_model = 4, 16
     heads = []
     for head in range(4):
         rows = slice(head * d_head, (head + 1) * d_head)
+        value_rows = slice(d_model + head * d_head, d_model + (head + 1) * d_head)
 
-        def project(layer, x, rows=rows):
+        def project(layer, x, rows):
             return x @ layer.weight[rows].T + layer.bias[rows]
 
-        q = project(attention.query_proj, query)[:, None]  # [B, 1, T, d_head]
-        k = project(attention.key_proj, memory)[:, None]
-        v = project(attention.value_proj, memory)[:, None]
+        q = project(attention.query_proj, query, rows)[:, None]  # [B, 1, T, d_head]
+        k = project(attention.key_value_proj, memory, rows)[:, None]  # W_K: the first D rows
+        v = project(attention.key_value_proj, memory, value_rows)[:, None]  # W_V: the next D
         heads.append(scaled_dot_product_attention(q, k, v, pad)[0][:, 0])  # [B, T, d_head]
     expected = attention.out_proj(torch.cat(heads, dim=-1))
     torch.testing.assert_close(out, expected)
 
 
-def test_need_weights_path_equals_fused_path():
-    attention = _multi_head()
+def test_self_attention_stacks_query_key_and_value_projections():
+    cross = _multi_head()
+    self_attention = _multi_head(seed=1, self_attention=True)
+    with torch.no_grad():  # W_QKV = [W_Q; W_K; W_V], the cross module's projections stacked
+        for kind in ("weight", "bias"):
+            stacked = torch.cat(
+                [getattr(cross.query_proj, kind), getattr(cross.key_value_proj, kind)]
+            )
+            getattr(self_attention.qkv_proj, kind).copy_(stacked)
+        self_attention.out_proj.load_state_dict(cross.out_proj.state_dict())
     x = torch.randn(2, 6, 16)
     pad = torch.tensor([[False] * 6, [False] * 4 + [True] * 2])
-    fused, no_weights = attention(x, x, x, key_padding_mask=pad, causal=True)
-    explicit, _weights = attention(x, x, x, key_padding_mask=pad, causal=True, need_weights=True)
+    expected, _ = cross(x, x, key_padding_mask=pad)
+    out, _ = self_attention(x, key_padding_mask=pad)
+    torch.testing.assert_close(out, expected)
+
+
+def test_self_attention_rejects_a_memory():
+    attention = _multi_head(self_attention=True)
+    x = torch.randn(1, 2, 16)
+    with pytest.raises(ValueError, match="self-attention takes no memory"):
+        attention(x, x)
+    with pytest.raises(ValueError, match="another sequence"):
+        attention.project_key_value(x)
+
+
+@pytest.mark.parametrize("self_attention", [False, True])
+def test_weights_saved_with_separate_projections_load_stacked(self_attention):
+    attention = _multi_head(self_attention=self_attention)
+    d_model = 16
+    fused = "qkv_proj" if self_attention else "key_value_proj"
+    names = ["query", "key", "value"] if self_attention else ["key", "value"]
+    old = {k: v for k, v in attention.state_dict().items() if not k.startswith(fused)}
+    for kind in ("weight", "bias"):
+        parts = getattr(attention, fused).state_dict()[kind].split(d_model)
+        old.update({f"{name}_proj.{kind}": part for name, part in zip(names, parts, strict=True)})
+    loaded = _multi_head(seed=7, self_attention=self_attention)
+    loaded.load_state_dict(old)
+    x = torch.randn(2, 5, 16)
+    memory = None if self_attention else torch.randn(2, 4, 16)
+    torch.testing.assert_close(loaded(x, memory)[0], attention(x, memory)[0])
+
+
+def test_need_weights_path_equals_fused_path():
+    attention = _multi_head(self_attention=True)
+    x = torch.randn(2, 6, 16)
+    pad = torch.tensor([[False] * 6, [False] * 4 + [True] * 2])
+    fused, no_weights = attention(x, key_padding_mask=pad, causal=True)
+    explicit, _weights = attention(x, key_padding_mask=pad, causal=True, need_weights=True)
     assert no_weights is None
     torch.testing.assert_close(fused, explicit)
 
 
 def test_growing_cache_reproduces_full_causal_self_attention():
-    attention = _multi_head()
+    attention = _multi_head(self_attention=True)
     x = torch.randn(2, 6, 16)
-    full, _ = attention(x, x, x, causal=True)
+    full, _ = attention(x, causal=True)
     cache = KeyValueCache()
-    steps = [
-        attention(x[:, t : t + 1], x[:, t : t + 1], x[:, t : t + 1], causal=True, cache=cache)[0]
-        for t in range(6)
-    ]
+    steps = [attention(x[:, t : t + 1], causal=True, cache=cache)[0] for t in range(6)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-6, rtol=1e-5)
     assert cache.key.shape == (2, 4, 6, 4)
 
@@ -165,9 +206,9 @@ def test_growing_cache_reproduces_full_causal_self_attention():
 def test_static_cache_is_used_instead_of_key_and_value():
     attention = _multi_head()
     query, memory = torch.randn(2, 3, 16), torch.randn(2, 5, 16)
-    full, _ = attention(query, memory, memory)
-    cache = KeyValueCache(*attention.project_key_value(memory, memory), static=True)
-    cached, _ = attention(query, None, None, cache=cache)
+    full, _ = attention(query, memory)
+    cache = KeyValueCache(*attention.project_key_value(memory), static=True)
+    cached, _ = attention(query, None, cache=cache)
     torch.testing.assert_close(cached, full)
 
 
