@@ -607,7 +607,8 @@ def time_to_bleu(history: Path) -> dict[str, Any]:
 
 
 def report(args: argparse.Namespace) -> dict[str, Any]:
-    """Gather every run folder under `args.results` (training.json, history, metrics)."""
+    """Gather every run folder under `args.results` (training.json, history, metrics), keyed
+    "<folder>/<arch>"."""
     runs = {}
     for training in sorted(args.results.glob("*/artifacts/*/training.json")):
         job = training.parents[2]
@@ -622,7 +623,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
                 split: {"bleu": v["bleu"], "chrf": v["chrf"], "signature": v["signature"]}
                 for split, v in json.loads(metrics.read_text()).items()
             }
-        runs[job.name] = entry
+        runs[f"{job.name}/{arch}"] = entry
     return {"runs": runs}
 
 

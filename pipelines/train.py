@@ -1,8 +1,8 @@
 """DVC stage `train@<arch>`: train one architecture with Lightning, tracked in MLflow.
 
-Resumes from ``checkpoints/<arch>/last.ckpt`` when a previous run of the same configuration was
-killed, continuing its MLflow run. Writes the exported model to ``artifacts/<arch>/`` and the
-validation curve to ``logs/<arch>/history.csv``.
+Resumes from ``checkpoints/<arch>/last.ckpt`` when a previous run of the same configuration and
+code was killed, continuing its MLflow run. Writes the exported model to ``artifacts/<arch>/``
+and the validation curve to ``logs/<arch>/history.csv``.
 """
 
 from __future__ import annotations
@@ -160,9 +160,25 @@ def write_history(path: Path, rows: list[dict[str, float]]) -> None:
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def code_digest(root: Path = PROJECT_ROOT) -> str:
+    """Hash of the code that trains (every .py file of models/ and pipelines/ under `root`)."""
+    digest = hashlib.sha256()
+    for path in sorted(
+        p for package in ("models", "pipelines") for p in (root / package).rglob("*.py")
+    ):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def fingerprint(params: Params, arch: str, tokenized: Path) -> str:
-    """Identifies a training configuration: a checkpoint is resumed only under the same one."""
+    """Identifies a training configuration and the code that runs it: a checkpoint is resumed
+    only under the same ones (a killed run), never by code that changed since (a DVC rerun
+    after a code change trains afresh)."""
     state = {
+        "code": code_digest(),
         "seed": params.seed,
         "arch": asdict(params.arch(arch)),
         "train": asdict(params.train),
@@ -240,7 +256,9 @@ def prepare_checkpoint_dir(ckpt_dir: Path, key: str, client) -> Path | None:
         if saved.get("fingerprint") == key and last.exists():
             return last
         if saved.get("run_id"):
-            tracking.finish_stale_run(client, saved["run_id"], "superseded by a new configuration")
+            tracking.finish_stale_run(
+                client, saved["run_id"], "superseded by a new configuration or code"
+            )
     shutil.rmtree(ckpt_dir, ignore_errors=True)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     return None

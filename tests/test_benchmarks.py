@@ -1,0 +1,108 @@
+"""The benchmark scripts run on CPU against the tiny pipeline's outputs (the GPU numbers come
+from the same code on a GPU; see benchmarks/README.md)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import bench
+from tests.pipeline_helpers import SHARED, write_params
+
+pytestmark = pytest.mark.slow
+
+if not (SHARED / "dvc-remote").exists():
+    pytest.skip("../shared/dvc-remote is not beside the checkout", allow_module_level=True)
+
+
+def _run(kind: str, arch: str, round_: int, tokens_per_sec: float, compiled: bool = False):
+    return {
+        "kind": kind,
+        "arch": arch,
+        "round": round_,
+        "compiled": compiled,
+        "tokens_per_sec": tokens_per_sec,
+    }
+
+
+def test_speedups_pair_each_round_with_its_own_marian_run():
+    runs = [
+        _run("ours", "base", 0, 300.0),
+        _run("marian", "base", 0, 200.0),
+        _run("ours", "base", 1, 220.0),
+        _run("marian", "base", 1, 200.0),
+        _run("ours", "base", 2, 260.0),
+        {"kind": "marian", "arch": "base", "round": 2, "skipped": "time budget"},
+        _run("ours", "other", 0, 999.0),  # no Marian run of this architecture
+        _run("ours", "base", 0, 400.0, compiled=True),
+    ]
+    result = bench.speedups(runs)
+    assert result["speedup_vs_marian_per_round"] == {
+        "ours_eager_vs_marian_eager": [1.5, 1.1],
+        "ours_compiled_vs_marian_eager": [2.0],
+    }
+    assert result["speedup_vs_marian"] == {
+        "ours_eager_vs_marian_eager": 1.3,
+        "ours_compiled_vs_marian_eager": 2.0,
+    }
+
+
+def test_throughput_measures_every_round_and_writes_the_table(tiny_pipeline, tmp_path, capsys):
+    repo = tiny_pipeline.repo
+    params = dict(tiny_pipeline.params)
+    write_params(tmp_path, params)
+    out = tmp_path / "throughput.json"
+    bench.main(
+        ["throughput", "--params", str(tmp_path / "params.yaml"),
+         "--tokenized", str(repo / "data" / "tokenized"), "--archs", "transformer",
+         "lstm_additive", "--marian", "", "--warmup", "1", "--steps", "2", "--repeats", "1",
+         "--rounds", "2", "--device", "cpu", "--out", str(out)]
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    runs = result["runs"]
+    assert [(r["name"], r["round"]) for r in runs] == [
+        ("transformer", 0),
+        ("lstm_additive", 0),
+        ("transformer", 1),
+        ("lstm_additive", 1),
+    ]
+    for run in runs:
+        assert run["tokens_per_sec"] > 0 and run["loss_finite"]
+        assert run["src_tokens"] > 0 and run["tgt_tokens"] > 0
+        assert run["steps"] == 2 and len(run["seconds_per_repeat"]) == 1
+    assert 0.0 <= result["padding"]["padding_fraction"] < 0.5
+    assert result["sdpa_cudnn_enabled"] is False  # the params' train.cudnn_attention
+    assert result["speedup_vs_marian"] == {}
+    table = capsys.readouterr().out
+    assert "transformer (round 2)" in table and "lstm_additive" in table
+
+
+def test_decode_reports_batched_and_unbatched_speed(tiny_pipeline, tmp_path):
+    repo = tiny_pipeline.repo
+    out = tmp_path / "decode.json"
+    bench.main(
+        ["decode", "--model", str(repo / "artifacts" / "transformer"),
+         "--prepared", str(repo / "data" / "prepared"), "--beam", "2", "--batch-size", "8",
+         "--unbatched-sentences", "3", "--device", "cpu", "--out", str(out)]
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    batched, single = result["runs"]
+    assert batched["batch_size"] == 8 and batched["sentences"] > 3
+    assert single["batch_size"] == 1 and single["sentences"] == 3
+    assert batched["sentences_per_sec"] > 0 and single["sentences_per_sec"] > 0
+    assert result["beam_size"] == 2
+
+
+def test_report_gathers_time_to_bleu_of_finished_runs(tiny_pipeline, tmp_path):
+    out = tmp_path / "report.json"
+    bench.main(["report", str(tiny_pipeline.repo.parent), "--out", str(out)])
+    runs = json.loads(out.read_text())["runs"]
+    job = tiny_pipeline.repo.name
+    architectures = tiny_pipeline.params["architectures"]
+    assert sorted(runs) == sorted(f"{job}/{arch}" for arch in architectures)
+    for arch in architectures:
+        entry = runs[f"{job}/{arch}"]
+        assert entry["training"]["arch"] == arch
+        assert entry["time_to_bleu"]["epochs"] == 1
+        assert set(entry["test"]) == set(tiny_pipeline.params["data"]["test_splits"])

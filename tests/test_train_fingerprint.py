@@ -1,0 +1,54 @@
+"""A checkpoint is resumed only under the same configuration and the same code."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from pipelines import train
+from pipelines.params import load_params
+from tests.pipeline_helpers import REPO
+
+
+def _code_tree(root: Path) -> Path:
+    for package in ("models", "pipelines"):
+        shutil.copytree(
+            REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__")
+        )
+    return root
+
+
+def test_code_digest_follows_python_sources_only(tmp_path):
+    root = _code_tree(tmp_path / "project")
+    digest = train.code_digest(root)
+    assert digest == train.code_digest(REPO)  # the same files give the same digest anywhere
+    (root / "models" / "notes.txt").write_text("not code")
+    assert train.code_digest(root) == digest
+    attention = root / "models" / "attention.py"
+    attention.write_text(attention.read_text() + "\n# changed\n")
+    assert train.code_digest(root) != digest
+    attention.rename(root / "models" / "attention_renamed.py")
+    assert train.code_digest(root) not in (digest, train.code_digest(REPO))
+
+
+def test_fingerprint_changes_with_the_code(tmp_path, monkeypatch):
+    params = load_params(REPO / "params.yaml")
+    tokenized = tmp_path / "tokenized"
+    tokenized.mkdir()
+    (tokenized / "train.npz").write_bytes(b"x")
+    monkeypatch.setattr(train, "code_digest", lambda: "old")
+    before = train.fingerprint(params, "transformer", tokenized)
+    assert train.fingerprint(params, "transformer", tokenized) == before
+    monkeypatch.setattr(train, "code_digest", lambda: "new")
+    assert train.fingerprint(params, "transformer", tokenized) != before
+
+
+def test_a_checkpoint_of_other_code_is_not_resumed(tmp_path):
+    ckpt_dir = tmp_path / "checkpoints" / "transformer"
+    ckpt_dir.mkdir(parents=True)
+    (ckpt_dir / "last.ckpt").write_bytes(b"checkpoint")
+    (ckpt_dir / "fingerprint.json").write_text('{"fingerprint": "old-code", "run_id": ""}')
+    assert train.resumable_checkpoint(ckpt_dir, "old-code") == ckpt_dir / "last.ckpt"
+    assert train.resumable_checkpoint(ckpt_dir, "new-code") is None
+    assert train.prepare_checkpoint_dir(ckpt_dir, "new-code", client=None) is None
+    assert list(ckpt_dir.iterdir()) == []  # the stale checkpoint is gone
