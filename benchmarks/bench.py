@@ -23,7 +23,9 @@ import json
 import logging
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -397,6 +399,75 @@ def measure(
     return result
 
 
+def run_job(
+    args: argparse.Namespace,
+    params: Any,
+    batches: Batches,
+    vocab_size: int,
+    peak: float | None,
+    arch: str,
+    kind: str,
+    compiled: bool,
+) -> dict[str, Any]:
+    """Build one model (ours or Marian for `arch`) and measure it in this process."""
+    arch_params = params.arch(arch)
+    torch.manual_seed(params.seed)
+    if kind == "ours":
+        model = build_model(arch_params.model, vocab_size).to(args.device)
+        forward, name = model, arch
+    else:
+        model = marian_for(arch_params.model, vocab_size).to(args.device)
+
+        def forward(src: Tensor, tgt_in: Tensor) -> Tensor:
+            # No decoder padding mask: target padding is at the end, so the causal mask alone
+            # gives real positions the same context (as in TransformerSeq2Seq).
+            return model(
+                input_ids=src, attention_mask=src != PAD_ID, decoder_input_ids=tgt_in
+            ).logits
+
+        name = f"marian({arch})"
+    if compiled:
+        model.compile(dynamic=True)
+    run = measure(
+        name,
+        model,
+        forward,
+        batches,
+        arch_params.optim,
+        params.train,
+        args.warmup,
+        args.steps,
+        args.repeats,
+        peak,
+        compiled,
+        args.profile_steps,
+    )
+    run.update(kind=kind, arch=arch)
+    if kind == "marian":
+        run["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
+    return run
+
+
+def run_isolated(args: argparse.Namespace, cudnn: bool, job: str) -> dict[str, Any]:
+    """Measure one job in a fresh Python process, so no job runs after another in its process."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "job.json"
+        command = [
+            sys.executable, "-m", "benchmarks.bench", "throughput", "--job", job,
+            "--params", str(args.params), "--tokenized", str(args.tokenized),
+            "--batch-tokens", str(args.batch_tokens), "--warmup", str(args.warmup),
+            "--steps", str(args.steps), "--repeats", str(args.repeats),
+            "--profile-steps", str(args.profile_steps), "--cudnn-sdpa", "on" if cudnn else "off",
+            "--device", args.device, "--out", str(out),
+        ]  # fmt: skip
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        child = json.loads(out.read_text())
+    (run,) = child["runs"]
+    run["isolated"] = True
+    run["bf16_matmul_tflops"] = child.get("bf16_matmul_tflops")
+    return run
+
+
 def throughput(args: argparse.Namespace) -> dict[str, Any]:
     params = load_params(args.params)
     archs = args.archs or list(params.models)
@@ -415,6 +486,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         "batch_tokens": batch_tokens,
         "precision": params.train.precision,
         "padding": batches.stats,
+        "isolated": args.isolate,
         "definition": {
             "tokens_per_sec": "non-pad source + target tokens of timed training steps / seconds",
             "mfu": "6 * parameters * tokens_per_sec / measured bf16 matmul rate",
@@ -424,7 +496,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         "runs": [],
     }
     peak = None
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and not args.isolate:
         peak = matmul_tflops()
         results["bf16_matmul_tflops"] = round(peak, 1)
         log.info("bf16 matmul: %.1f TFLOP/s", peak)
@@ -438,6 +510,9 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
     jobs += [(0, arch, "ours", True) for arch in args.compile or []]
     if args.marian and args.compile_marian:
         jobs.append((0, args.marian, "marian", True))
+    if args.job:  # one job, as --isolate runs it
+        arch, kind, compiled = args.job.split(",")
+        jobs = [(0, arch, kind, compiled == "compiled")]
     for round_, arch, kind, compiled in jobs:
         if time.monotonic() > deadline:
             log.warning("time budget spent: skipping %s %s", kind, arch)
@@ -445,43 +520,13 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
                 {"name": arch, "kind": kind, "round": round_, "skipped": "time budget"}
             )
             continue
-        arch_params = params.arch(arch)
-        torch.manual_seed(params.seed)
         try:
-            if kind == "ours":
-                model = build_model(arch_params.model, vocab_size).to(args.device)
-                forward = model
-                name = arch
+            if args.isolate:
+                mode = "compiled" if compiled else "eager"
+                run = run_isolated(args, cudnn, f"{arch},{kind},{mode}")
             else:
-                model = marian_for(arch_params.model, vocab_size).to(args.device)
-
-                def forward(src: Tensor, tgt_in: Tensor, model=model) -> Tensor:
-                    # No decoder padding mask: target padding is at the end, so the causal mask
-                    # alone gives real positions the same context (as in TransformerSeq2Seq).
-                    return model(
-                        input_ids=src, attention_mask=src != PAD_ID, decoder_input_ids=tgt_in
-                    ).logits
-
-                name = f"marian({arch})"
-            if compiled:
-                model.compile(dynamic=True)
-            run = measure(
-                name,
-                model,
-                model if kind == "ours" else forward,
-                batches,
-                arch_params.optim,
-                params.train,
-                args.warmup,
-                args.steps,
-                args.repeats,
-                peak,
-                compiled,
-                args.profile_steps,
-            )
-            run.update(kind=kind, arch=arch, round=round_)
-            if kind == "marian":
-                run["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
+                run = run_job(args, params, batches, vocab_size, peak, arch, kind, compiled)
+            run["round"] = round_
             results["runs"].append(run)
             results.update(speedups(results["runs"]))
             write_json(args.out, results)  # partial results survive a kill
@@ -497,10 +542,12 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
                 }
             )
         finally:
-            model = forward = None
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
     results.update(speedups(results["runs"]))
+    rates = [r["bf16_matmul_tflops"] for r in results["runs"] if r.get("bf16_matmul_tflops")]
+    if rates:
+        results["bf16_matmul_tflops"] = round(statistics.median(rates), 1)
     return results
 
 
@@ -658,6 +705,12 @@ def main(argv: list[str] | None = None) -> None:
         default=5,
         help="steps profiled for kernel count and GPU kernel time per step (0: none; CUDA only)",
     )
+    tp.add_argument(
+        "--isolate",
+        action="store_true",
+        help="measure every job in a fresh Python process (no job runs after another in a process)",
+    )
+    tp.add_argument("--job", help="ARCH,ours|marian,eager|compiled: measure only this (--isolate)")
     tp.add_argument("--max-seconds", type=float, default=400, help="skip jobs after this")
     tp.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     tp.add_argument("--out", type=Path, required=True)

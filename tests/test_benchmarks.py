@@ -106,3 +106,22 @@ def test_report_gathers_time_to_bleu_of_finished_runs(tiny_pipeline, tmp_path):
         assert entry["training"]["arch"] == arch
         assert entry["time_to_bleu"]["epochs"] == 1
         assert set(entry["test"]) == set(tiny_pipeline.params["data"]["test_splits"])
+
+
+def test_isolate_measures_each_job_in_its_own_process(tiny_pipeline, tmp_path):
+    repo = tiny_pipeline.repo
+    write_params(tmp_path, dict(tiny_pipeline.params))
+    out = tmp_path / "isolated.json"
+    bench.main(
+        ["throughput", "--params", str(tmp_path / "params.yaml"),
+         "--tokenized", str(repo / "data" / "tokenized"), "--archs", "transformer",
+         "--marian", "", "--warmup", "1", "--steps", "1", "--repeats", "1", "--rounds", "2",
+         "--isolate", "--device", "cpu", "--out", str(out)]
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["isolated"] is True
+    assert [(r["name"], r["round"], r["isolated"]) for r in result["runs"]] == [
+        ("transformer", 0, True),
+        ("transformer", 1, True),
+    ]
+    assert all(r["tokens_per_sec"] > 0 and r["loss_finite"] for r in result["runs"])
