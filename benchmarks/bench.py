@@ -46,6 +46,10 @@ from pipelines.tokenizer import load_split
 log = logging.getLogger("nmt.bench")
 
 BATCH_KEYS = ("src", "tgt_in", "tgt_out")
+MLFLOW_HELP = (
+    "also log the results as a run of the MLflow experiment 'benchmarks' (the project's store, or "
+    "MLFLOW_TRACKING_URI)"
+)
 
 
 # ----------------------------------------------------------------------------- environment
@@ -674,6 +678,48 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     return {"runs": runs}
 
 
+# ----------------------------------------------------------------------------- MLflow
+
+
+def metric_label(run: dict[str, Any]) -> str:
+    """An MLflow-safe metric prefix for one measured model: 'marian(x)' -> 'marian_x'."""
+    label = run["name"].replace("(", "_").replace(")", "")
+    return label + ("_compiled" if run.get("compiled") else "")
+
+
+def log_to_mlflow(command: str, result: dict[str, Any], out: Path, dataset: str) -> str:
+    """One run in the MLflow experiment 'benchmarks': code, data and software versions and the
+    device as tags, the settings as params, every figure as a metric (rounds as steps), the
+    JSON as an artifact. Returns the run id."""
+    from pipelines import tracking
+
+    client = tracking.connect()
+    experiment = tracking.experiment_id(client, "benchmarks")
+    tags = {**tracking.lineage_tags(dataset), "benchmark": command}
+    run_id = client.create_run(experiment, run_name=f"bench {command}", tags=tags).info.run_id
+    settings = {k: v for k, v in result.items() if isinstance(v, (str, int, float, bool))}
+    environment = result["environment"].items()
+    settings.update({f"env.{k}": v for k, v in environment if v is not None and k != "date"})
+    tracking.log_params(client, run_id, settings)
+    if command == "throughput":
+        figures = ("tokens_per_sec", "ms_per_step", "peak_memory_gib", "mfu", "mfu_sided",
+                   "gpu_busy_fraction")  # fmt: skip
+        for run in result["runs"]:
+            for figure in figures:
+                if run.get(figure) is not None:
+                    key = f"{metric_label(run)}/{figure}"
+                    client.log_metric(run_id, key, run[figure], step=run["round"])
+        for key, ratio in result.get("speedup_vs_marian", {}).items():
+            client.log_metric(run_id, f"speedup/{key}", ratio)
+    else:
+        for run in result["runs"]:
+            key = "batched" if run["batch_size"] > 1 else "one_at_a_time"
+            client.log_metric(run_id, f"{key}/sentences_per_sec", run["sentences_per_sec"])
+    client.log_artifact(run_id, str(out))
+    client.set_terminated(run_id)
+    return run_id
+
+
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -714,6 +760,7 @@ def main(argv: list[str] | None = None) -> None:
     tp.add_argument("--max-seconds", type=float, default=400, help="skip jobs after this")
     tp.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     tp.add_argument("--out", type=Path, required=True)
+    tp.add_argument("--mlflow", action="store_true", help=MLFLOW_HELP)
     dp = sub.add_parser("decode", help="beam-search sentences/s, batched and one at a time")
     dp.add_argument("--model", type=Path, required=True, help="an exported artifacts/<arch>")
     dp.add_argument("--prepared", type=Path, default=Path("data/prepared"))
@@ -724,6 +771,10 @@ def main(argv: list[str] | None = None) -> None:
     dp.add_argument("--unbatched-sentences", type=int, default=100)
     dp.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     dp.add_argument("--out", type=Path, required=True)
+    dp.add_argument("--mlflow", action="store_true", help=MLFLOW_HELP)
+    dp.add_argument(
+        "--params", type=Path, default=Path("params.yaml"), help="for --mlflow's data version tag"
+    )
     rp = sub.add_parser("report", help="time-to-BLEU and test scores of finished runs")
     rp.add_argument("results", type=Path, help="a folder of run folders (jobs)")
     rp.add_argument("--out", type=Path, required=True)
@@ -732,6 +783,10 @@ def main(argv: list[str] | None = None) -> None:
     handler = {"throughput": throughput, "decode": decode, "report": report}[args.command]
     result = handler(args)
     write_json(args.out, result)
+    if getattr(args, "mlflow", False):
+        dataset = load_params(args.params).data.dataset
+        run_id = log_to_mlflow(args.command, result, args.out, dataset)
+        log.info("logged to MLflow experiment 'benchmarks', run %s", run_id)
     if args.command == "throughput":
         print_throughput_table(result, sys.stdout)
 

@@ -125,3 +125,34 @@ def test_isolate_measures_each_job_in_its_own_process(tiny_pipeline, tmp_path):
         ("transformer", 1, True),
     ]
     assert all(r["tokens_per_sec"] > 0 and r["loss_finite"] for r in result["runs"])
+
+
+def test_mlflow_flag_logs_one_run_with_figures_and_the_json(tiny_pipeline, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    repo = tiny_pipeline.repo
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # artifacts go under ./mlruns of the folder that has no dvc.yaml
+    write_params(tmp_path, dict(tiny_pipeline.params))
+    out = tmp_path / "throughput.json"
+    bench.main(
+        ["throughput", "--params", str(tmp_path / "params.yaml"),
+         "--tokenized", str(repo / "data" / "tokenized"), "--archs", "transformer",
+         "--marian", "", "--warmup", "1", "--steps", "1", "--repeats", "1", "--rounds", "2",
+         "--device", "cpu", "--out", str(out), "--mlflow"]
+    )  # fmt: skip
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("benchmarks")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["benchmark"] == "throughput" and run.data.tags["git.commit"]
+    assert run.data.params["batch_tokens"] == str(tiny_pipeline.params["train"]["batch_tokens"])
+    assert run.data.params["env.torch"].startswith("2.")
+    history = client.get_metric_history(run.info.run_id, "transformer/tokens_per_sec")
+    measured = json.loads(out.read_text())["runs"]
+    assert sorted((m.step, m.value) for m in history) == [
+        (r["round"], r["tokens_per_sec"]) for r in measured
+    ]
+    (artifact,) = client.list_artifacts(run.info.run_id)
+    assert artifact.path == "throughput.json"
