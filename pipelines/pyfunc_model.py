@@ -9,7 +9,6 @@ commits can be loaded side by side in one process without sharing a cached modul
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import shutil
 import sys
@@ -129,16 +128,6 @@ def stage_code(folder: Path) -> list[str]:
     return [str(models), str(pipelines)]
 
 
-def code_digest(code_paths: list[str]) -> str:
-    """sha256 over the staged code files, recorded with the model to tell code versions apart."""
-    digest = hashlib.sha256()
-    for root in map(Path, code_paths):
-        for path in sorted(root.rglob("*.py")):
-            digest.update(f"{root.name}/{path.relative_to(root)}".encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 def pip_requirements() -> list[str]:
     """Pinned to what is running, so MLflow need not infer them in a subprocess."""
     from importlib.metadata import version
@@ -156,6 +145,7 @@ def log_pyfunc_model(
 
     from mlflow.models import infer_signature
 
+    from pipelines import tracking
     from pipelines.translator import Translator
 
     # An unnamed string column: a list, a Series or a one-column DataFrame all pass MLflow's
@@ -172,5 +162,5 @@ def log_pyfunc_model(
             signature=signature,
             input_example=input_example,
             pip_requirements=pip_requirements(),
-            metadata={"code_sha256": code_digest(code_paths), **(metadata or {})},
+            metadata={"code_sha256": tracking.code_digest(code_paths), **(metadata or {})},
         )

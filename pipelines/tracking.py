@@ -109,6 +109,16 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else ""
 
 
+def code_digest(folders: list[Path] | list[str]) -> str:
+    """sha256 over the .py files under `folders`, each named "<folder>/<relative path>"."""
+    digest = hashlib.sha256()
+    for root in map(Path, folders):
+        for path in sorted(root.rglob("*.py")):
+            digest.update(f"{root.name}/{path.relative_to(root)}".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def data_hash(dataset: str) -> str:
     """The DVC md5 of a tracked dataset folder (from its .dvc pointer), or '' if untracked."""
     pointer = repo_root() / f"{dataset.rstrip('/')}.dvc"

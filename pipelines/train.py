@@ -164,13 +164,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def code_digest(root: Path = PROJECT_ROOT) -> str:
-    """Hash of the code that trains (every .py file of models/ and pipelines/ under `root`)."""
-    digest = hashlib.sha256()
-    for path in sorted(
-        p for package in ("models", "pipelines") for p in (root / package).rglob("*.py")
-    ):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
+    """Digest of the code that trains: every .py file of models/ and pipelines/ under `root`."""
+    return tracking.code_digest([root / "models", root / "pipelines"])
 
 
 def fingerprint(params: Params, arch: str, tokenized: Path) -> str:

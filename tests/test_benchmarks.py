@@ -48,17 +48,22 @@ def test_speedups_pair_each_round_with_its_own_marian_run():
     }
 
 
-def test_throughput_measures_every_round_and_writes_the_table(tiny_pipeline, tmp_path, capsys):
-    repo = tiny_pipeline.repo
-    params = dict(tiny_pipeline.params)
-    write_params(tmp_path, params)
-    out = tmp_path / "throughput.json"
+def _throughput(tiny_pipeline, folder, archs: list[str], steps: int, *extra: str):
+    """`bench throughput` on CPU over the tiny pipeline's tokenized data, 2 rounds, no Marian;
+    returns the JSON file it wrote."""
+    write_params(folder, dict(tiny_pipeline.params))
+    out = folder / "throughput.json"
     bench.main(
-        ["throughput", "--params", str(tmp_path / "params.yaml"),
-         "--tokenized", str(repo / "data" / "tokenized"), "--archs", "transformer",
-         "lstm_additive", "--marian", "", "--warmup", "1", "--steps", "2", "--repeats", "1",
-         "--rounds", "2", "--device", "cpu", "--out", str(out)]
+        ["throughput", "--params", str(folder / "params.yaml"),
+         "--tokenized", str(tiny_pipeline.repo / "data" / "tokenized"), "--archs", *archs,
+         "--marian", "", "--warmup", "1", "--steps", str(steps), "--repeats", "1",
+         "--rounds", "2", "--device", "cpu", "--out", str(out), *extra]
     )  # fmt: skip
+    return out
+
+
+def test_throughput_measures_every_round_and_writes_the_table(tiny_pipeline, tmp_path, capsys):
+    out = _throughput(tiny_pipeline, tmp_path, ["transformer", "lstm_additive"], 2)
     result = json.loads(out.read_text())
     runs = result["runs"]
     assert [(r["name"], r["round"]) for r in runs] == [
@@ -109,15 +114,7 @@ def test_report_gathers_time_to_bleu_of_finished_runs(tiny_pipeline, tmp_path):
 
 
 def test_isolate_measures_each_job_in_its_own_process(tiny_pipeline, tmp_path):
-    repo = tiny_pipeline.repo
-    write_params(tmp_path, dict(tiny_pipeline.params))
-    out = tmp_path / "isolated.json"
-    bench.main(
-        ["throughput", "--params", str(tmp_path / "params.yaml"),
-         "--tokenized", str(repo / "data" / "tokenized"), "--archs", "transformer",
-         "--marian", "", "--warmup", "1", "--steps", "1", "--repeats", "1", "--rounds", "2",
-         "--isolate", "--device", "cpu", "--out", str(out)]
-    )  # fmt: skip
+    out = _throughput(tiny_pipeline, tmp_path, ["transformer"], 1, "--isolate")
     result = json.loads(out.read_text())
     assert result["isolated"] is True
     assert [(r["name"], r["round"], r["isolated"]) for r in result["runs"]] == [
@@ -130,18 +127,10 @@ def test_isolate_measures_each_job_in_its_own_process(tiny_pipeline, tmp_path):
 def test_mlflow_flag_logs_one_run_with_figures_and_the_json(tiny_pipeline, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    repo = tiny_pipeline.repo
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)  # artifacts go under ./mlruns of the folder that has no dvc.yaml
-    write_params(tmp_path, dict(tiny_pipeline.params))
-    out = tmp_path / "throughput.json"
-    bench.main(
-        ["throughput", "--params", str(tmp_path / "params.yaml"),
-         "--tokenized", str(repo / "data" / "tokenized"), "--archs", "transformer",
-         "--marian", "", "--warmup", "1", "--steps", "1", "--repeats", "1", "--rounds", "2",
-         "--device", "cpu", "--out", str(out), "--mlflow"]
-    )  # fmt: skip
+    out = _throughput(tiny_pipeline, tmp_path, ["transformer"], 1, "--mlflow")
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("benchmarks")
     (run,) = client.search_runs([experiment.experiment_id])

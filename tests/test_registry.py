@@ -10,7 +10,7 @@ import uuid
 import pandas as pd
 import pytest
 
-from pipelines import pyfunc_model, registry
+from pipelines import pyfunc_model, registry, tracking
 from pipelines.errors import PipelineError
 from tests.pipeline_helpers import SHARED, git
 
@@ -78,7 +78,7 @@ def test_staged_code_is_only_what_a_translator_needs(tmp_path):
     assert pipelines == sorted(pyfunc_model.PIPELINES_MODULES)
     assert (tmp_path / "models" / "search.py").exists()
     assert not list(tmp_path.rglob("__pycache__"))
-    assert HEX64.match(pyfunc_model.code_digest(code_paths))
+    assert HEX64.match(tracking.code_digest(code_paths))
 
 
 # --- on the tiny pipeline's store --------------------------------------------------------------
