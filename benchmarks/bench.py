@@ -40,6 +40,7 @@ from models import BOS_ID, EOS_ID, PAD_ID, build_model
 from models.attention import use_cudnn_attention
 from pipelines.batching import TokenBucketBatchSampler, TranslationDataset, collate
 from pipelines.lit_module import label_smoothed_nll
+from pipelines.low_precision import LowPrecisionWeights
 from pipelines.params import load_params
 from pipelines.tokenizer import load_split
 
@@ -232,11 +233,14 @@ def make_step(
     label_smoothing: float,
     clip: float,
     precision: str,
+    low_precision_weights: bool = False,
 ) -> Callable[[dict[str, Tensor]], Tensor]:
-    """One training step as Lightning's bf16-mixed loop runs lit_module.training_step."""
+    """One training step as Lightning's bf16-mixed loop runs lit_module.training_step (with
+    `low_precision_weights`, as LowPrecisionWeightsCallback adds to it)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     autocast = precision.startswith("bf16")
     params = [p for p in model.parameters() if p.requires_grad]
+    copies = LowPrecisionWeights(model) if low_precision_weights and autocast else None
 
     def step(batch: dict[str, Tensor]) -> Tensor:
         src, tgt_in, tgt_out = (batch[k].to(device, non_blocking=True) for k in BATCH_KEYS)
@@ -245,10 +249,14 @@ def make_step(
             smoothed, _ = label_smoothed_nll(logits, tgt_out, label_smoothing)
             loss = smoothed / (tgt_out != PAD_ID).sum()
         loss.backward()
+        if copies is not None:
+            copies.move_gradients()
         if clip:
             torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if copies is not None:
+            copies.refresh()
         return loss.detach()
 
     return step
@@ -319,11 +327,19 @@ def measure(
     peak_tflops: float | None,
     compiled: bool = False,
     profile_steps: int = 0,
+    low_precision_weights: bool = False,
 ) -> dict[str, Any]:
     """Throughput, peak memory, MFU and host syncs of `steps` training steps after `warmup`."""
     optimizer = optimizer_for(model, optim.lr, optim.betas, optim.weight_decay)
+    low_precision_weights = low_precision_weights and train.precision.startswith("bf16")
     step = make_step(
-        model, forward, optimizer, optim.label_smoothing, train.gradient_clip_val, train.precision
+        model,
+        forward,
+        optimizer,
+        optim.label_smoothing,
+        train.gradient_clip_val,
+        train.precision,
+        low_precision_weights,
     )
     model.train()
     started = time.perf_counter()
@@ -360,6 +376,8 @@ def measure(
     result = {
         "name": name,
         "compiled": compiled,
+        "autocast_bf16": train.precision.startswith("bf16"),
+        "low_precision_weights": low_precision_weights,
         "parameters": parameters,
         "encoder_parameters": encoder_params,
         "decoder_parameters": decoder_params,
@@ -391,9 +409,8 @@ def measure(
             result["profile"]["gpu_kernel_ms_per_step"] / result["ms_per_step"], 3
         )
     log.info(
-        "%s%s: %.0f tokens/s, %.2f ms/step, peak %.2f GiB, MFU %s, syncs/step %s",
-        name,
-        " (compiled)" if compiled else "",
+        "%s: %.0f tokens/s, %.2f ms/step, peak %.2f GiB, MFU %s, syncs/step %s",
+        run_label(result),
         tokens_per_sec,
         result["ms_per_step"],
         result.get("peak_memory_gib", 0.0),
@@ -412,8 +429,10 @@ def run_job(
     arch: str,
     kind: str,
     compiled: bool,
+    low_precision_weights: bool = False,
 ) -> dict[str, Any]:
-    """Build one model (ours or Marian for `arch`) and measure it in this process."""
+    """Build one model (ours or Marian for `arch`) and measure it in this process; our eager
+    model keeps bf16 weight copies between steps with `low_precision_weights`."""
     arch_params = params.arch(arch)
     torch.manual_seed(params.seed)
     if kind == "ours":
@@ -445,6 +464,7 @@ def run_job(
         peak,
         compiled,
         args.profile_steps,
+        low_precision_weights and kind == "ours" and not compiled,
     )
     run.update(kind=kind, arch=arch)
     if kind == "marian":
@@ -452,12 +472,32 @@ def run_job(
     return run
 
 
-def run_isolated(args: argparse.Namespace, cudnn: bool, job: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Job:
+    """One model to measure: our `arch` or Marian mirroring it, eager or compiled; our eager
+    model with bf16 weight copies kept between steps (`copies`) or autocast's per-call casts."""
+
+    arch: str
+    kind: str  # "ours" | "marian"
+    compiled: bool = False
+    copies: bool = False
+
+    def spec(self) -> str:
+        mode = "compiled" if self.compiled else "eager"
+        return f"{self.arch},{self.kind},{mode},{'copies' if self.copies else 'casts'}"
+
+    @classmethod
+    def parse(cls, spec: str) -> Job:
+        arch, kind, mode, weights = spec.split(",")
+        return cls(arch, kind, mode == "compiled", weights == "copies")
+
+
+def run_isolated(args: argparse.Namespace, cudnn: bool, job: Job) -> dict[str, Any]:
     """Measure one job in a fresh Python process, so no job runs after another in its process."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "job.json"
         command = [
-            sys.executable, "-m", "benchmarks.bench", "throughput", "--job", job,
+            sys.executable, "-m", "benchmarks.bench", "throughput", "--job", job.spec(),
             "--params", str(args.params), "--tokenized", str(args.tokenized),
             "--batch-tokens", str(args.batch_tokens), "--warmup", str(args.warmup),
             "--steps", str(args.steps), "--repeats", str(args.repeats),
@@ -482,6 +522,9 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         args.tokenized, params.data.train_split, batch_tokens, args.warmup + args.steps + 3
     )
     cudnn = {"on": True, "off": False, None: params.train.cudnn_attention}[args.cudnn_sdpa]
+    copies = {"on": [True], "off": [False], "both": [True, False]}[
+        args.low_precision_weights or ("on" if params.train.low_precision_weights else "off")
+    ]
     use_cudnn_attention(cudnn)  # the same SDPA backends for every model, Marian's too
     results: dict[str, Any] = {
         "environment": environment(),
@@ -507,17 +550,17 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
     deadline = time.monotonic() + args.max_seconds
     # Eager jobs are repeated in rounds (ours, Marian, ours, Marian, ...) so that a drift of the
     # machine shows as a spread between rounds; compiled jobs run once, after them.
-    eager: list[tuple[str, str, bool]] = [(arch, "ours", False) for arch in archs]
+    eager = [Job(arch, "ours", copies=with_copies) for arch in archs for with_copies in copies]
     if args.marian:
-        eager.append((args.marian, "marian", False))
-    jobs = [(round_, *job) for round_ in range(args.rounds) for job in eager]
-    jobs += [(0, arch, "ours", True) for arch in args.compile or []]
+        eager.append(Job(args.marian, "marian"))
+    jobs = [(round_, job) for round_ in range(args.rounds) for job in eager]
+    jobs += [(0, Job(arch, "ours", compiled=True)) for arch in args.compile or []]
     if args.marian and args.compile_marian:
-        jobs.append((0, args.marian, "marian", True))
+        jobs.append((0, Job(args.marian, "marian", compiled=True)))
     if args.job:  # one job, as --isolate runs it
-        arch, kind, compiled = args.job.split(",")
-        jobs = [(0, arch, kind, compiled == "compiled")]
-    for round_, arch, kind, compiled in jobs:
+        jobs = [(0, Job.parse(args.job))]
+    for round_, job in jobs:
+        arch, kind, compiled = job.arch, job.kind, job.compiled
         if time.monotonic() > deadline:
             log.warning("time budget spent: skipping %s %s", kind, arch)
             results["runs"].append(
@@ -526,10 +569,11 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
             continue
         try:
             if args.isolate:
-                mode = "compiled" if compiled else "eager"
-                run = run_isolated(args, cudnn, f"{arch},{kind},{mode}")
+                run = run_isolated(args, cudnn, job)
             else:
-                run = run_job(args, params, batches, vocab_size, peak, arch, kind, compiled)
+                run = run_job(
+                    args, params, batches, vocab_size, peak, arch, kind, compiled, job.copies
+                )
             run["round"] = round_
             results["runs"].append(run)
             results.update(speedups(results["runs"]))
@@ -561,8 +605,9 @@ def write_json(path: Path, result: dict[str, Any]) -> None:
 
 
 def speedups(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """tokens/s of our model over MarianMTModel's at the same architecture, eager and compiled:
-    each round's ratio (ours and Marian measured in the same round) and their median."""
+    """tokens/s of our model over MarianMTModel's at the same architecture, eager and compiled
+    (and eager without bf16 weight copies, if measured): each round's ratio (ours and Marian
+    measured in the same round) and their median."""
     done = [r for r in runs if "tokens_per_sec" in r]
     per_round: dict[str, list[float]] = {}
     for reference in (r for r in done if r["kind"] == "marian"):
@@ -572,6 +617,8 @@ def speedups(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             if ours["round"] != reference["round"]:
                 continue
             mode = "compiled" if ours["compiled"] else "eager"
+            if ours.get("autocast_bf16") and not ours["compiled"]:
+                mode += "" if ours.get("low_precision_weights") else "_without_weight_copies"
             marian_mode = "compiled" if reference["compiled"] else "eager"
             key = f"ours_{mode}_vs_marian_{marian_mode}"
             ratio = round(ours["tokens_per_sec"] / reference["tokens_per_sec"], 3)
@@ -684,6 +731,8 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
 def metric_label(run: dict[str, Any]) -> str:
     """An MLflow-safe metric prefix for one measured model: 'marian(x)' -> 'marian_x'."""
     label = run["name"].replace("(", "_").replace(")", "")
+    if run.get("autocast_bf16") and run.get("kind") == "ours" and not run.get("compiled"):
+        label += "" if run.get("low_precision_weights") else "_without_weight_copies"
     return label + ("_compiled" if run.get("compiled") else "")
 
 
@@ -756,7 +805,16 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="measure every job in a fresh Python process (no job runs after another in a process)",
     )
-    tp.add_argument("--job", help="ARCH,ours|marian,eager|compiled: measure only this (--isolate)")
+    tp.add_argument(
+        "--low-precision-weights",
+        choices=("on", "off", "both"),
+        help="our eager models keep bf16 weight copies between steps, or let autocast cast every "
+        "call, or are measured both ways in each round (default: train.low_precision_weights)",
+    )
+    tp.add_argument(
+        "--job",
+        help="ARCH,ours|marian,eager|compiled,copies|casts: measure only this (as --isolate does)",
+    )
     tp.add_argument("--max-seconds", type=float, default=400, help="skip jobs after this")
     tp.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     tp.add_argument("--out", type=Path, required=True)
@@ -791,6 +849,17 @@ def main(argv: list[str] | None = None) -> None:
         print_throughput_table(result, sys.stdout)
 
 
+def run_label(run: dict[str, Any]) -> str:
+    """The model's name, how it ran (compiled; autocast casts instead of bf16 weight copies) and
+    the round."""
+    label = run["name"] + (" +compile" if run.get("compiled") else "")
+    if run.get("autocast_bf16") and run.get("kind") == "ours" and not run.get("compiled"):
+        label += "" if run.get("low_precision_weights") else " -copies"
+    if run.get("round"):
+        label += f" (round {run['round'] + 1})"
+    return label
+
+
 def print_throughput_table(result: dict[str, Any], stream) -> None:
     stream.write(
         f"\n{result['environment']['device']}  torch {result['environment']['torch']}  "
@@ -803,9 +872,7 @@ def print_throughput_table(result: dict[str, Any], stream) -> None:
         f"{'MFU':>6s} {'sided':>6s} {'syncs':>5s} {'kernels':>7s} {'GPU ms':>7s} {'busy':>5s}\n"
     )
     for run in result["runs"]:
-        label = run["name"] + (" +compile" if run.get("compiled") else "")
-        if run.get("round"):
-            label += f" (round {run['round'] + 1})"
+        label = run_label(run)
         if "tokens_per_sec" not in run:
             stream.write(f"{label:32s} {run.get('error') or run.get('skipped')}\n")
             continue

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.linear import Linear
+
 
 def attention_mask(
     key_padding_mask: Tensor | None,
@@ -121,11 +123,11 @@ class MultiHeadAttention(nn.Module):
         self.dropout = dropout
         self.self_attention = self_attention
         if self_attention:
-            self.qkv_proj = nn.Linear(d_model, 3 * d_model)  # rows: W_Q, W_K, W_V
+            self.qkv_proj = Linear(d_model, 3 * d_model)  # rows: W_Q, W_K, W_V
         else:
-            self.query_proj = nn.Linear(d_model, d_model)
-            self.key_value_proj = nn.Linear(d_model, 2 * d_model)  # rows: W_K, W_V
-        self.out_proj = nn.Linear(d_model, d_model)
+            self.query_proj = Linear(d_model, d_model)
+            self.key_value_proj = Linear(d_model, 2 * d_model)  # rows: W_K, W_V
+        self.out_proj = Linear(d_model, d_model)
         self.register_load_state_dict_pre_hook(_stack_separate_projections)
 
     def _split_heads(self, x: Tensor, parts: int) -> tuple[Tensor, ...]:
@@ -250,9 +252,9 @@ class AdditiveAttention(_ScoredAttention):
 
     def __init__(self, query_dim: int, key_dim: int, hidden: int) -> None:
         super().__init__()
-        self.query_layer = nn.Linear(query_dim, hidden, bias=False)
-        self.key_layer = nn.Linear(key_dim, hidden, bias=False)
-        self.energy_layer = nn.Linear(hidden, 1, bias=False)
+        self.query_layer = Linear(query_dim, hidden, bias=False)
+        self.key_layer = Linear(key_dim, hidden, bias=False)
+        self.energy_layer = Linear(hidden, 1, bias=False)
 
     def project_keys(self, keys: Tensor) -> Tensor:
         return self.key_layer(keys)  # [B, S, hidden]
@@ -277,7 +279,7 @@ class MultiplicativeAttention(_ScoredAttention):
         if score == "dot" and query_dim != key_dim:
             raise ValueError(f"dot score needs query_dim == key_dim, got {query_dim} != {key_dim}")
         # hᵀ W k computed as (Wᵀ h)ᵀ k, so nothing depends on the keys alone.
-        self.query_layer = nn.Linear(query_dim, key_dim, bias=False) if score == "general" else None
+        self.query_layer = Linear(query_dim, key_dim, bias=False) if score == "general" else None
 
     def score(self, query: Tensor, projected_keys: Tensor) -> Tensor:
         if self.query_layer is not None:

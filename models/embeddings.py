@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from models.config import require
+from models.linear import Linear
 from models.vocab import PAD_ID
 
 
@@ -31,7 +32,7 @@ class TokenEmbedding(nn.Module):
 
 def build_token_embeddings(
     src_vocab_size: int, tgt_vocab_size: int, dim: int, output_dim: int, tie: bool, scale: bool
-) -> tuple[TokenEmbedding, TokenEmbedding, nn.Linear]:
+) -> tuple[TokenEmbedding, TokenEmbedding, Linear]:
     """Source and target embeddings of size `dim`, and the projection from the decoder's
     `output_dim` features to the target vocabulary.
 
@@ -51,7 +52,7 @@ def build_token_embeddings(
     )
     src_embedding = TokenEmbedding(src_vocab_size, dim, scale)
     tgt_embedding = src_embedding if tie else TokenEmbedding(tgt_vocab_size, dim, scale)
-    output_projection = nn.Linear(output_dim, tgt_vocab_size)
+    output_projection = Linear(output_dim, tgt_vocab_size)
     if tie:
         output_projection.weight = tgt_embedding.embedding.weight
     return src_embedding, tgt_embedding, output_projection

@@ -13,6 +13,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from models.attention import AdditiveAttention, MultiplicativeAttention
 from models.config import require, require_positive, require_probability
 from models.embeddings import build_token_embeddings
+from models.linear import Linear
 from models.seq2seq import EncoderOutput, Seq2Seq
 from models.vocab import PAD_ID
 
@@ -104,9 +105,7 @@ class RecurrentSeq2Seq(Seq2Seq):
         )
         # The bridge maps the encoder summary to the initial hidden (and cell) of every layer.
         self.state_parts = 2 if config.cell == "lstm" else 1
-        self.bridge = nn.Linear(
-            config.memory_dim, self.state_parts * config.decoder_layers * hidden
-        )
+        self.bridge = Linear(config.memory_dim, self.state_parts * config.decoder_layers * hidden)
         decoder_input = config.embedding_dim + (hidden if config.input_feeding else 0)
         self.decoder = rnn_class(
             decoder_input,
@@ -125,7 +124,7 @@ class RecurrentSeq2Seq(Seq2Seq):
             self.attention = None
         # Luong's attentional hidden state h̃ = tanh(W_c [c; h]).
         self.combine = (
-            nn.Linear(config.memory_dim + hidden, hidden, bias=False)
+            Linear(config.memory_dim + hidden, hidden, bias=False)
             if self.attention is not None
             else None
         )

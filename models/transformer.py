@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from models.attention import KeyValueCache, MultiHeadAttention
 from models.config import require, require_positive, require_probability
 from models.embeddings import PositionalKind, build_positional_encoding, build_token_embeddings
+from models.linear import Linear
 from models.seq2seq import EncoderOutput, Seq2Seq
 from models.vocab import PAD_ID
 
@@ -50,8 +51,8 @@ class FeedForward(nn.Module):
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
-        self.linear_in = nn.Linear(config.d_model, config.d_ff)
-        self.linear_out = nn.Linear(config.d_ff, config.d_model)
+        self.linear_in = Linear(config.d_model, config.d_ff)
+        self.linear_out = Linear(config.d_ff, config.d_model)
         self.activation = F.relu if config.activation == "relu" else F.gelu
         self.dropout = nn.Dropout(config.dropout)
 

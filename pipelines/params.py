@@ -154,6 +154,7 @@ class TrainParams:
     num_workers: int = 0
     compile: bool = False
     cudnn_attention: bool = False
+    low_precision_weights: bool = True
     deterministic: bool = True
     val_max_len_margin: int = 20
     log_every_n_steps: int = 20

@@ -32,6 +32,7 @@ from pipelines.averaging import apply_checkpoint_average, epoch_checkpoint_callb
 from pipelines.datamodule import TranslationDataModule
 from pipelines.errors import PipelineError, run_main, setup_logging
 from pipelines.lit_module import DivergenceError, TranslationModule
+from pipelines.low_precision import LowPrecisionWeightsCallback
 from pipelines.params import Params, load_params
 from pipelines.vocab import Tokenizers
 
@@ -384,6 +385,8 @@ def build_trainer(
     if params.train.checkpoint_average > 1:  # the last N epochs' weights, for averaging
         folder = paths.checkpoints / arch / "epochs"
         callbacks.append(epoch_checkpoint_callback(folder, params.train.checkpoint_average))
+    if params.train.low_precision_weights and not params.train.compile:
+        callbacks.append(LowPrecisionWeightsCallback())  # acts in bf16-mixed on one device only
     if optim.early_stopping_patience > 0:
         callbacks.append(
             EarlyStopping(

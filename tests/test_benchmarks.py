@@ -16,14 +16,24 @@ if not (SHARED / "dvc-remote").exists():
     pytest.skip("../shared/dvc-remote is not beside the checkout", allow_module_level=True)
 
 
-def _run(kind: str, arch: str, round_: int, tokens_per_sec: float, compiled: bool = False):
-    return {
+def _run(
+    kind: str,
+    arch: str,
+    round_: int,
+    tokens_per_sec: float,
+    compiled: bool = False,
+    copies: bool | None = None,
+):
+    run = {
         "kind": kind,
         "arch": arch,
         "round": round_,
         "compiled": compiled,
         "tokens_per_sec": tokens_per_sec,
     }
+    if copies is not None:  # measured in bf16 autocast, with or without bf16 weight copies
+        run.update(autocast_bf16=True, low_precision_weights=copies)
+    return run
 
 
 def test_speedups_pair_each_round_with_its_own_marian_run():
@@ -36,22 +46,31 @@ def test_speedups_pair_each_round_with_its_own_marian_run():
         {"kind": "marian", "arch": "base", "round": 2, "skipped": "time budget"},
         _run("ours", "other", 0, 999.0),  # no Marian run of this architecture
         _run("ours", "base", 0, 400.0, compiled=True),
+        _run("ours", "base", 1, 180.0, copies=False),
+        _run("ours", "base", 1, 240.0, copies=True),
     ]
     result = bench.speedups(runs)
     assert result["speedup_vs_marian_per_round"] == {
-        "ours_eager_vs_marian_eager": [1.5, 1.1],
+        "ours_eager_vs_marian_eager": [1.5, 1.1, 1.2],
         "ours_compiled_vs_marian_eager": [2.0],
+        "ours_eager_without_weight_copies_vs_marian_eager": [0.9],
     }
     assert result["speedup_vs_marian"] == {
-        "ours_eager_vs_marian_eager": 1.3,
+        "ours_eager_vs_marian_eager": 1.2,
         "ours_compiled_vs_marian_eager": 2.0,
+        "ours_eager_without_weight_copies_vs_marian_eager": 0.9,
     }
 
 
-def _throughput(tiny_pipeline, folder, archs: list[str], steps: int, *extra: str):
+def _throughput(
+    tiny_pipeline, folder, archs: list[str], steps: int, *extra: str, precision: str = ""
+):
     """`bench throughput` on CPU over the tiny pipeline's tokenized data, 2 rounds, no Marian;
     returns the JSON file it wrote."""
-    write_params(folder, dict(tiny_pipeline.params))
+    params = dict(tiny_pipeline.params)
+    if precision:
+        params["train"] = {**params["train"], "precision": precision}
+    write_params(folder, params)
     out = folder / "throughput.json"
     bench.main(
         ["throughput", "--params", str(folder / "params.yaml"),
@@ -145,3 +164,31 @@ def test_mlflow_flag_logs_one_run_with_figures_and_the_json(tiny_pipeline, tmp_p
     ]
     (artifact,) = client.list_artifacts(run.info.run_id)
     assert artifact.path == "throughput.json"
+
+
+def test_bf16_runs_measure_ours_with_and_without_weight_copies(tiny_pipeline, tmp_path, capsys):
+    out = _throughput(
+        tiny_pipeline,
+        tmp_path,
+        ["transformer"],
+        1,
+        "--low-precision-weights",
+        "both",
+        precision="bf16-mixed",
+    )
+    runs = json.loads(out.read_text())["runs"]
+    assert [(r["round"], r["low_precision_weights"]) for r in runs] == [
+        (0, True),
+        (0, False),
+        (1, True),
+        (1, False),
+    ]
+    assert all(r["autocast_bf16"] and r["loss_finite"] for r in runs)
+    assert "transformer -copies (round 2)" in capsys.readouterr().out
+
+
+def test_job_spec_round_trips():
+    job = bench.Job("transformer_base", "ours", compiled=False, copies=True)
+    assert job.spec() == "transformer_base,ours,eager,copies"
+    assert bench.Job.parse(job.spec()) == job
+    assert bench.Job.parse("x,marian,compiled,casts") == bench.Job("x", "marian", True, False)

@@ -1,0 +1,134 @@
+"""bfloat16 weight copies kept between optimizer steps, for bf16-mixed training on one device.
+
+Autocast casts every linear weight to bfloat16 on every call and casts its gradient back in the
+backward pass: for ``transformer_base`` about 130 casts each way per step, each a kernel launch
+plus an autograd node, while the GPU waits on the host. ``LowPrecisionWeights`` keeps the copies
+instead: refreshed with one multi-tensor copy after each optimizer step, their gradients moved to
+the float32 parameters with one before it. The arithmetic is the same as autocast's (the same
+round-to-nearest casts, the same bfloat16 matrix products, float32 gradients and optimizer), in
+far fewer launches.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+
+from models.linear import Linear
+
+log = logging.getLogger(__name__)
+
+PRECISION = "bf16-mixed"
+
+
+class LowPrecisionWeights:
+    """bfloat16 copies of the weights and biases of `model`'s ``models.linear.Linear`` layers.
+
+    Layers with a parameter that is shared with another module (tied embeddings) or frozen keep
+    autocast's own casts. Call `move_gradients` after backward and before clipping and the
+    optimizer step, and `refresh` after the step; `release` detaches the copies from the layers.
+    """
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> None:
+        uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+        self.layers = [
+            module
+            for module in model.modules()
+            if isinstance(module, Linear)
+            and all(uses[id(p)] == 1 and p.requires_grad for p in module.parameters(recurse=False))
+        ]
+        self.parameters: list[Tensor] = []
+        self.copies: list[Tensor] = []
+        for layer in self.layers:
+            weight = _copy_of(layer.weight, dtype)
+            bias = None if layer.bias is None else _copy_of(layer.bias, dtype)
+            layer.low_precision_copy = (weight, bias)
+            self.parameters += [layer.weight] + ([] if layer.bias is None else [layer.bias])
+            self.copies += [weight] + ([] if bias is None else [bias])
+        self._gradients = [torch.empty_like(p) for p in self.parameters]
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Copy the float32 parameters into the bfloat16 copies (after every optimizer step)."""
+        if self.copies:
+            with torch.no_grad():
+                torch._foreach_copy_(self.copies, self.parameters)
+
+    def move_gradients(self) -> None:
+        """Set each parameter's gradient to its copy's, in float32, and clear the copies'.
+
+        A copy that received no gradient leaves its parameter's gradient None, as autocast would.
+        """
+        pairs = [
+            (parameter, buffer, copy)
+            for parameter, buffer, copy in zip(
+                self.parameters, self._gradients, self.copies, strict=True
+            )
+            if copy.grad is not None
+        ]
+        if not pairs:
+            return
+        torch._foreach_copy_([buffer for _, buffer, _ in pairs], [c.grad for _, _, c in pairs])
+        for parameter, buffer, copy in pairs:
+            parameter.grad = buffer
+            copy.grad = None
+
+    def release(self) -> None:
+        """Detach the copies: the layers compute from their float32 parameters again."""
+        for layer in self.layers:
+            layer.low_precision_copy = None
+        self.layers, self.parameters, self.copies, self._gradients = [], [], [], []
+
+
+def _copy_of(parameter: Tensor, dtype: torch.dtype) -> Tensor:
+    return torch.empty_like(parameter, dtype=dtype).requires_grad_()
+
+
+class LowPrecisionWeightsCallback(pl.Callback):
+    """Keeps `LowPrecisionWeights` for the LightningModule's model during `fit` in bf16-mixed.
+
+    Inactive in any other precision and with more than one process: DDP reduces the gradients of
+    the parameters the forward pass used, and the float32 parameters would not be among them.
+    """
+
+    def __init__(self) -> None:
+        self.weights: LowPrecisionWeights | None = None
+        self._stale = False
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if str(trainer.precision) != PRECISION:
+            return
+        if trainer.world_size > 1:
+            log.info("bf16 weight copies off: %d processes (DDP)", trainer.world_size)
+            return
+        self.weights = LowPrecisionWeights(pl_module)
+        log.info("bf16 weight copies kept for %d linear layers", len(self.weights.layers))
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if self.weights is not None:
+            self.weights.move_gradients()
+            self._stale = True
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *_) -> None:
+        if self.weights is not None and self._stale:
+            self.weights.refresh()
+            self._stale = False
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._release()
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        if self.weights is not None:
+            self.weights.release()
+            self.weights = None
