@@ -328,8 +328,13 @@ def measure(
     compiled: bool = False,
     profile_steps: int = 0,
     low_precision_weights: bool = False,
-) -> dict[str, Any]:
-    """Throughput, peak memory, MFU and host syncs of `steps` training steps after `warmup`."""
+) -> tuple[dict[str, Any], Callable[[], None] | None]:
+    """Throughput, peak memory, MFU and host syncs of `steps` training steps after `warmup`.
+
+    With `profile_steps` (CUDA), also returns a function that profiles that many more steps and
+    adds the kernel figures to the result: call it after every timed measurement of the process,
+    as a model measured after torch.profiler has run in its process runs slower.
+    """
     optimizer = optimizer_for(model, optim.lr, optim.betas, optim.weight_decay)
     low_precision_weights = low_precision_weights and train.precision.startswith("bf16")
     step = make_step(
@@ -403,11 +408,6 @@ def measure(
         result["model_tflops"] = round(flops / 1e12, 2)
         result["mfu"] = round(flops / (peak_tflops * 1e12), 4)
         result["mfu_sided"] = round(sided / (peak_tflops * 1e12), 4)
-    if profile_steps and torch.cuda.is_available():
-        result["profile"] = kernel_profile(step, timed[:profile_steps])
-        result["gpu_busy_fraction"] = round(
-            result["profile"]["gpu_kernel_ms_per_step"] / result["ms_per_step"], 3
-        )
     log.info(
         "%s: %.0f tokens/s, %.2f ms/step, peak %.2f GiB, MFU %s, syncs/step %s",
         run_label(result),
@@ -417,7 +417,16 @@ def measure(
         result.get("mfu"),
         result["host_syncs_per_step"],
     )
-    return result
+    if not (profile_steps and torch.cuda.is_available()):
+        return result, None
+
+    def add_profile() -> None:
+        result["profile"] = kernel_profile(step, timed[:profile_steps])
+        result["gpu_busy_fraction"] = round(
+            result["profile"]["gpu_kernel_ms_per_step"] / result["ms_per_step"], 3
+        )
+
+    return result, add_profile
 
 
 def run_job(
@@ -430,9 +439,10 @@ def run_job(
     kind: str,
     compiled: bool,
     low_precision_weights: bool = False,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], Callable[[], None] | None]:
     """Build one model (ours or Marian for `arch`) and measure it in this process; our eager
-    model keeps bf16 weight copies between steps with `low_precision_weights`."""
+    model keeps bf16 weight copies between steps with `low_precision_weights`. Returns the
+    result and `measure`'s deferred kernel profile."""
     arch_params = params.arch(arch)
     torch.manual_seed(params.seed)
     if kind == "ours":
@@ -451,7 +461,7 @@ def run_job(
         name = f"marian({arch})"
     if compiled:
         model.compile(dynamic=True)
-    run = measure(
+    run, add_profile = measure(
         name,
         model,
         forward,
@@ -469,7 +479,7 @@ def run_job(
     run.update(kind=kind, arch=arch)
     if kind == "marian":
         run["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
-    return run
+    return run, add_profile
 
 
 @dataclass(frozen=True)
@@ -548,6 +558,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         results["bf16_matmul_tflops"] = round(peak, 1)
         log.info("bf16 matmul: %.1f TFLOP/s", peak)
     deadline = time.monotonic() + args.max_seconds
+    profiles: list[Callable[[], None]] = []  # run after every timed job (see `measure`)
     # Eager jobs are repeated in rounds (ours, Marian, ours, Marian, ...) so that a drift of the
     # machine shows as a spread between rounds; compiled jobs run once, after them.
     eager = [Job(arch, "ours", copies=with_copies) for arch in archs for with_copies in copies]
@@ -571,9 +582,11 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
             if args.isolate:
                 run = run_isolated(args, cudnn, job)
             else:
-                run = run_job(
+                run, add_profile = run_job(
                     args, params, batches, vocab_size, peak, arch, kind, compiled, job.copies
                 )
+                if add_profile is not None and round_ == 0:
+                    profiles.append(add_profile)
             run["round"] = round_
             results["runs"].append(run)
             results.update(speedups(results["runs"]))
@@ -592,6 +605,9 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+    for add_profile in profiles:  # each model once, after every timed measurement
+        add_profile()
+    profiles.clear()
     results.update(speedups(results["runs"]))
     rates = [r["bf16_matmul_tflops"] for r in results["runs"] if r.get("bf16_matmul_tflops")]
     if rates:
