@@ -328,12 +328,14 @@ def measure(
     compiled: bool = False,
     profile_steps: int = 0,
     low_precision_weights: bool = False,
+    memory_baseline: int = 0,
 ) -> tuple[dict[str, Any], Callable[[], None] | None]:
     """Throughput, peak memory, MFU and host syncs of `steps` training steps after `warmup`.
 
     With `profile_steps` (CUDA), also returns a function that profiles that many more steps and
     adds the kernel figures to the result: call it after every timed measurement of the process,
-    as a model measured after torch.profiler has run in its process runs slower.
+    as a model measured after torch.profiler has run in its process runs slower. Peak memory
+    counts what was allocated beyond `memory_baseline` (other models kept for their profiles).
     """
     optimizer = optimizer_for(model, optim.lr, optim.betas, optim.weight_decay)
     low_precision_weights = low_precision_weights and train.precision.startswith("bf16")
@@ -401,7 +403,8 @@ def measure(
         "loss_finite": finite,
     }
     if torch.cuda.is_available():
-        result["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+        peak = torch.cuda.max_memory_allocated() - memory_baseline
+        result["peak_memory_gib"] = round(peak / 2**30, 3)
     if peak_tflops:
         flops = 6 * parameters * tokens_per_sec
         sided = 6 * (encoder_params * src_tokens + decoder_params * tgt_tokens) / elapsed
@@ -445,6 +448,7 @@ def run_job(
     result and `measure`'s deferred kernel profile."""
     arch_params = params.arch(arch)
     torch.manual_seed(params.seed)
+    memory_baseline = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
     if kind == "ours":
         model = build_model(arch_params.model, vocab_size).to(args.device)
         forward, name = model, arch
@@ -475,6 +479,7 @@ def run_job(
         compiled,
         args.profile_steps,
         low_precision_weights and kind == "ours" and not compiled,
+        memory_baseline,
     )
     run.update(kind=kind, arch=arch)
     if kind == "marian":

@@ -131,11 +131,12 @@ class MultiHeadAttention(nn.Module):
         self.register_load_state_dict_pre_hook(_stack_separate_projections)
 
     def _split_heads(self, x: Tensor, parts: int) -> tuple[Tensor, ...]:
-        """[B, T, parts * D] -> `parts` tensors [B, H, T, d_head] (views; three ops whatever
-        `parts` is, which matters when the host issuing ops is the bottleneck)."""
+        """[B, T, parts * D] -> `parts` tensors [B, H, T, d_head]."""
         batch, length, _ = x.shape
-        x = x.view(batch, length, parts, self.n_heads, self.d_head)  # [B, T, parts, H, d_head]
-        return x.permute(2, 0, 3, 1, 4).unbind(0)  # parts × [B, H, T, d_head]
+        return tuple(
+            part.view(batch, length, self.n_heads, self.d_head).transpose(1, 2)
+            for part in x.chunk(parts, dim=-1)
+        )
 
     def project_key_value(self, memory: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values of attention over `memory`: [B, S, D] -> two [B, H, S, d_head]."""
