@@ -7,9 +7,10 @@ speed; and the time-to-BLEU table of finished training runs.
     python -m benchmarks.bench report results/ --out summary.json
 
 Throughput counts non-pad source + target tokens per second of full training steps (bf16
-autocast forward, label-smoothed loss, backward, gradient clipping, fused AdamW), timed between
-``torch.cuda.synchronize()`` calls after warm-up steps, over the same token-bucket batches for
-every model. MFU = 6 × parameters × tokens/s ÷ the bf16 matrix-product rate measured in the same
+autocast forward, label-smoothed loss, backward, gradient clipping, fused AdamW; our models keep
+bf16 weight copies between steps as the train stage does, see ``pipelines.low_precision``), timed
+between ``torch.cuda.synchronize()`` calls after warm-up steps, over the same token-bucket batches
+for every model. MFU = 6 × parameters × tokens/s ÷ the bf16 matrix-product rate measured in the same
 process (an 8192³ product). Each token only passes through its own side (the encoder for source
 tokens, the decoder and output layer for target tokens), so the same figure is also reported with
 6 × (encoder parameters × source tokens + decoder parameters × target tokens) ("sided").
@@ -537,9 +538,10 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         args.tokenized, params.data.train_split, batch_tokens, args.warmup + args.steps + 3
     )
     cudnn = {"on": True, "off": False, None: params.train.cudnn_attention}[args.cudnn_sdpa]
-    copies = {"on": [True], "off": [False], "both": [True, False]}[
-        args.low_precision_weights or ("on" if params.train.low_precision_weights else "off")
-    ]
+    copies_mode = args.low_precision_weights or (
+        "on" if params.train.low_precision_weights else "off"
+    )
+    copies = {"on": [True], "off": [False], "both": [True, False]}[copies_mode]
     use_cudnn_attention(cudnn)  # the same SDPA backends for every model, Marian's too
     results: dict[str, Any] = {
         "environment": environment(),
@@ -547,6 +549,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         "params": str(args.params),
         "batch_tokens": batch_tokens,
         "precision": params.train.precision,
+        "low_precision_weights": copies_mode,  # requested; each run says if it applied (bf16)
         "padding": batches.stats,
         "isolated": args.isolate,
         "definition": {

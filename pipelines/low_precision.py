@@ -29,8 +29,9 @@ class LowPrecisionWeights:
     """bfloat16 copies of the weights and biases of `model`'s ``models.linear.Linear`` layers.
 
     Layers with a parameter that is shared with another module (tied embeddings) or frozen keep
-    autocast's own casts. Call `move_gradients` after backward and before clipping and the
-    optimizer step, and `refresh` after the step; `release` detaches the copies from the layers.
+    autocast's own casts. Call `move_gradients` after every backward pass (so gradient
+    accumulation sums in float32, as autocast's would) and `refresh` after every optimizer step;
+    `release` detaches the copies from the layers.
     """
 
     def __init__(self, model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> None:
@@ -59,22 +60,27 @@ class LowPrecisionWeights:
                 torch._foreach_copy_(self.copies, self.parameters)
 
     def move_gradients(self) -> None:
-        """Set each parameter's gradient to its copy's, in float32, and clear the copies'.
+        """Add the copies' gradients, in float32, to the parameters' and clear the copies'.
 
-        A copy that received no gradient leaves its parameter's gradient None, as autocast would.
+        A parameter without a gradient gets its copy's (a float32 buffer kept between steps);
+        one with a gradient (accumulation over micro-batches) has its copy's added to it, as
+        autograd accumulates autocast's float32 gradients. A copy that received no gradient
+        leaves its parameter's gradient as it was.
         """
-        pairs = [
-            (parameter, buffer, copy)
-            for parameter, buffer, copy in zip(
-                self.parameters, self._gradients, self.copies, strict=True
-            )
-            if copy.grad is not None
-        ]
-        if not pairs:
-            return
-        torch._foreach_copy_([buffer for _, buffer, _ in pairs], [c.grad for _, _, c in pairs])
-        for parameter, buffer, copy in pairs:
-            parameter.grad = buffer
+        fresh, accumulated = [], []
+        for parameter, buffer, copy in zip(
+            self.parameters, self._gradients, self.copies, strict=True
+        ):
+            if copy.grad is not None:
+                (fresh if parameter.grad is None else accumulated).append((parameter, buffer, copy))
+        if fresh:
+            torch._foreach_copy_([b for _, b, _ in fresh], [c.grad for _, _, c in fresh])
+            for parameter, buffer, _ in fresh:
+                parameter.grad = buffer
+        if accumulated:
+            grads = [p.grad for p, _, _ in accumulated]
+            torch._foreach_add_(grads, [c.grad for _, _, c in accumulated])
+        for _, _, copy in fresh + accumulated:
             copy.grad = None
 
     def release(self) -> None:
@@ -108,12 +114,14 @@ class LowPrecisionWeightsCallback(pl.Callback):
         self.weights = LowPrecisionWeights(pl_module)
         log.info("bf16 weight copies kept for %d linear layers", len(self.weights.layers))
 
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.weights is not None:
+            self.weights.move_gradients()
+
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        if self.weights is not None:
-            self.weights.move_gradients()
-            self._stale = True
+        self._stale = True  # the parameters change: refresh the copies after this batch
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *_) -> None:
         if self.weights is not None and self._stale:

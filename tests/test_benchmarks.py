@@ -157,6 +157,7 @@ def test_mlflow_flag_logs_one_run_with_figures_and_the_json(tiny_pipeline, tmp_p
     assert run.data.tags["benchmark"] == "throughput" and run.data.tags["git.commit"]
     assert run.data.params["batch_tokens"] == str(tiny_pipeline.params["train"]["batch_tokens"])
     assert run.data.params["env.torch"].startswith("2.")
+    assert run.data.params["low_precision_weights"] == "on"  # train.low_precision_weights
     history = client.get_metric_history(run.info.run_id, "transformer/tokens_per_sec")
     measured = json.loads(out.read_text())["runs"]
     assert sorted((m.step, m.value) for m in history) == [

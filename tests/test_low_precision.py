@@ -143,6 +143,21 @@ def test_gradients_move_to_float32_parameters_and_unused_stay_none():
     assert all(c.grad is None for c in weights.copies)
 
 
+def test_gradients_of_micro_batches_accumulate_in_float32_like_autocast():
+    torch.manual_seed(0)
+    layer = Linear(8, 4)
+    reference = copy.deepcopy(layer)
+    weights = LowPrecisionWeights(torch.nn.Sequential(layer))
+    for micro_batch in range(3):  # moved after every backward, as the callback does
+        x = torch.randn(5, 8, generator=torch.Generator().manual_seed(micro_batch))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            layer(x).float().square().sum().backward()
+            reference(x).float().square().sum().backward()
+        weights.move_gradients()
+    assert torch.equal(layer.weight.grad, reference.weight.grad)
+    assert torch.equal(layer.bias.grad, reference.bias.grad)
+
+
 def test_release_detaches_the_copies():
     model = build_model(TRANSFORMER, VOCAB)
     weights = LowPrecisionWeights(model)
@@ -153,14 +168,15 @@ def test_release_detaches_the_copies():
     weights.move_gradients()
 
 
-def _fit(precision: str, callbacks: list[pl.Callback]) -> TranslationModule:
+def _fit(precision: str, callbacks: list[pl.Callback], accumulate: int = 1) -> TranslationModule:
     torch.manual_seed(0)
     module = TranslationModule(TRANSFORMER, OPTIM, VOCAB, VOCAB)
-    loader = DataLoader([_batch(i) for i in range(3)], batch_size=None)
+    loader = DataLoader([_batch(i) for i in range(3 * accumulate)], batch_size=None)
     trainer = pl.Trainer(
         accelerator="cpu",
         precision=precision,
         max_steps=3,
+        accumulate_grad_batches=accumulate,
         gradient_clip_val=1.0,
         limit_val_batches=0,
         logger=False,
@@ -186,11 +202,13 @@ class _CountingCallback(LowPrecisionWeightsCallback):
         super().on_train_batch_end(trainer, pl_module, *rest)
 
 
-def test_callback_trains_bitwise_like_autocast_and_releases_at_the_end():
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_callback_trains_bitwise_like_autocast_and_releases_at_the_end(accumulate):
     callback = _CountingCallback()
-    with_copies = _fit("bf16-mixed", [callback])
-    without = _fit("bf16-mixed", [])
-    assert callback.layers_per_batch == [22, 22, 22]  # the copies were in use at every step
+    with_copies = _fit("bf16-mixed", [callback], accumulate)
+    without = _fit("bf16-mixed", [], accumulate)
+    # The copies were in use at every batch (3 optimizer steps of `accumulate` batches each).
+    assert callback.layers_per_batch == [22] * 3 * accumulate
     assert callback.weights is None  # released by on_fit_end
     assert all(getattr(m, "low_precision_copy", None) is None for m in with_copies.model.modules())
     state, reference = with_copies.state_dict(), without.state_dict()
