@@ -237,11 +237,11 @@ def make_step(
     low_precision_weights: bool = False,
 ) -> Callable[[dict[str, Tensor]], Tensor]:
     """One training step as Lightning's bf16-mixed loop runs lit_module.training_step (with
-    `low_precision_weights`, as LowPrecisionWeightsCallback adds to it)."""
+    `low_precision_weights`, bf16 only, as LowPrecisionWeightsCallback adds to it)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     autocast = precision.startswith("bf16")
     params = [p for p in model.parameters() if p.requires_grad]
-    copies = LowPrecisionWeights(model) if low_precision_weights and autocast else None
+    copies = LowPrecisionWeights(model) if low_precision_weights else None
 
     def step(batch: dict[str, Tensor]) -> Tensor:
         src, tgt_in, tgt_out = (batch[k].to(device, non_blocking=True) for k in BATCH_KEYS)
@@ -339,7 +339,8 @@ def measure(
     counts what was allocated beyond `memory_baseline` (other models kept for their profiles).
     """
     optimizer = optimizer_for(model, optim.lr, optim.betas, optim.weight_decay)
-    low_precision_weights = low_precision_weights and train.precision.startswith("bf16")
+    autocast_bf16 = train.precision.startswith("bf16")
+    low_precision_weights = low_precision_weights and autocast_bf16
     step = make_step(
         model,
         forward,
@@ -384,7 +385,7 @@ def measure(
     result = {
         "name": name,
         "compiled": compiled,
-        "autocast_bf16": train.precision.startswith("bf16"),
+        "autocast_bf16": autocast_bf16,
         "low_precision_weights": low_precision_weights,
         "parameters": parameters,
         "encoder_parameters": encoder_params,
@@ -508,6 +509,22 @@ class Job:
         return cls(arch, kind, mode == "compiled", weights == "copies")
 
 
+def planned_jobs(
+    args: argparse.Namespace, archs: list[str], copies: list[bool]
+) -> list[tuple[int, Job]]:
+    """(round, job) in measuring order: the eager models round by round (ours, Marian, ours,
+    Marian, ...), so that a drift of the machine shows as a spread between rounds; then the
+    compiled ones, once."""
+    eager = [Job(arch, "ours", copies=with_copies) for arch in archs for with_copies in copies]
+    if args.marian:
+        eager.append(Job(args.marian, "marian"))
+    jobs = [(round_, job) for round_ in range(args.rounds) for job in eager]
+    jobs += [(0, Job(arch, "ours", compiled=True)) for arch in args.compile or []]
+    if args.marian and args.compile_marian:
+        jobs.append((0, Job(args.marian, "marian", compiled=True)))
+    return jobs
+
+
 def run_isolated(args: argparse.Namespace, cudnn: bool, job: Job) -> dict[str, Any]:
     """Measure one job in a fresh Python process, so no job runs after another in its process."""
     with tempfile.TemporaryDirectory() as folder:
@@ -567,17 +584,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         log.info("bf16 matmul: %.1f TFLOP/s", peak)
     deadline = time.monotonic() + args.max_seconds
     profiles: list[Callable[[], None]] = []  # run after every timed job (see `measure`)
-    # Eager jobs are repeated in rounds (ours, Marian, ours, Marian, ...) so that a drift of the
-    # machine shows as a spread between rounds; compiled jobs run once, after them.
-    eager = [Job(arch, "ours", copies=with_copies) for arch in archs for with_copies in copies]
-    if args.marian:
-        eager.append(Job(args.marian, "marian"))
-    jobs = [(round_, job) for round_ in range(args.rounds) for job in eager]
-    jobs += [(0, Job(arch, "ours", compiled=True)) for arch in args.compile or []]
-    if args.marian and args.compile_marian:
-        jobs.append((0, Job(args.marian, "marian", compiled=True)))
-    if args.job:  # one job, as --isolate runs it
-        jobs = [(0, Job.parse(args.job))]
+    jobs = [(0, Job.parse(args.job))] if args.job else planned_jobs(args, archs, copies)
     for round_, job in jobs:
         arch, kind, compiled = job.arch, job.kind, job.compiled
         if time.monotonic() > deadline:
@@ -615,7 +622,6 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
                 torch.cuda.empty_cache()
     for add_profile in profiles:  # each model once, after every timed measurement
         add_profile()
-    profiles.clear()
     results.update(speedups(results["runs"]))
     rates = [r["bf16_matmul_tflops"] for r in results["runs"] if r.get("bf16_matmul_tflops")]
     if rates:
@@ -641,8 +647,7 @@ def speedups(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             if ours["round"] != reference["round"]:
                 continue
             mode = "compiled" if ours["compiled"] else "eager"
-            if ours.get("autocast_bf16") and not ours["compiled"]:
-                mode += "" if ours.get("low_precision_weights") else "_without_weight_copies"
+            mode += "_without_weight_copies" if without_weight_copies(ours) else ""
             marian_mode = "compiled" if reference["compiled"] else "eager"
             key = f"ours_{mode}_vs_marian_{marian_mode}"
             ratio = round(ours["tokens_per_sec"] / reference["tokens_per_sec"], 3)
@@ -755,8 +760,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
 def metric_label(run: dict[str, Any]) -> str:
     """An MLflow-safe metric prefix for one measured model: 'marian(x)' -> 'marian_x'."""
     label = run["name"].replace("(", "_").replace(")", "")
-    if run.get("autocast_bf16") and run.get("kind") == "ours" and not run.get("compiled"):
-        label += "" if run.get("low_precision_weights") else "_without_weight_copies"
+    label += "_without_weight_copies" if without_weight_copies(run) else ""
     return label + ("_compiled" if run.get("compiled") else "")
 
 
@@ -873,12 +877,21 @@ def main(argv: list[str] | None = None) -> None:
         print_throughput_table(result, sys.stdout)
 
 
+def without_weight_copies(run: dict[str, Any]) -> bool:
+    """Our eager model in bf16, measured with autocast's per-call casts instead of the copies."""
+    return (
+        run.get("kind") == "ours"
+        and bool(run.get("autocast_bf16"))
+        and not run.get("compiled")
+        and not run.get("low_precision_weights")
+    )
+
+
 def run_label(run: dict[str, Any]) -> str:
     """The model's name, how it ran (compiled; autocast casts instead of bf16 weight copies) and
     the round."""
     label = run["name"] + (" +compile" if run.get("compiled") else "")
-    if run.get("autocast_bf16") and run.get("kind") == "ours" and not run.get("compiled"):
-        label += "" if run.get("low_precision_weights") else " -copies"
+    label += " -copies" if without_weight_copies(run) else ""
     if run.get("round"):
         label += f" (round {run['round'] + 1})"
     return label

@@ -4,9 +4,9 @@ Autocast casts every linear weight to bfloat16 on every call and casts its gradi
 backward pass: for ``transformer_base`` about 130 casts each way per step, each a kernel launch
 plus an autograd node, while the GPU waits on the host. ``LowPrecisionWeights`` keeps the copies
 instead: refreshed with one multi-tensor copy after each optimizer step, their gradients moved to
-the float32 parameters with one before it. The arithmetic is the same as autocast's (the same
-round-to-nearest casts, the same bfloat16 matrix products, float32 gradients and optimizer), in
-far fewer launches.
+the float32 parameters with one after each backward pass. The arithmetic is the same as
+autocast's (the same round-to-nearest casts, the same bfloat16 matrix products, float32 gradients
+and optimizer), in far fewer launches.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections import Counter
 
 import lightning.pytorch as pl
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from models.linear import Linear
 
@@ -42,14 +42,12 @@ class LowPrecisionWeights:
             if isinstance(module, Linear)
             and all(uses[id(p)] == 1 and p.requires_grad for p in module.parameters(recurse=False))
         ]
-        self.parameters: list[Tensor] = []
-        self.copies: list[Tensor] = []
+        self.parameters = [p for layer in self.layers for p in layer.parameters(recurse=False)]
+        self.copies = [torch.empty_like(p, dtype=dtype).requires_grad_() for p in self.parameters]
+        by_parameter = dict(zip(map(id, self.parameters), self.copies, strict=True))
         for layer in self.layers:
-            weight = _copy_of(layer.weight, dtype)
-            bias = None if layer.bias is None else _copy_of(layer.bias, dtype)
-            layer.low_precision_copy = (weight, bias)
-            self.parameters += [layer.weight] + ([] if layer.bias is None else [layer.bias])
-            self.copies += [weight] + ([] if bias is None else [bias])
+            bias = None if layer.bias is None else by_parameter[id(layer.bias)]
+            layer.low_precision_copy = (by_parameter[id(layer.weight)], bias)
         self._gradients = [torch.empty_like(p) for p in self.parameters]
         self.refresh()
 
@@ -88,10 +86,6 @@ class LowPrecisionWeights:
         for layer in self.layers:
             layer.low_precision_copy = None
         self.layers, self.parameters, self.copies, self._gradients = [], [], [], []
-
-
-def _copy_of(parameter: Tensor, dtype: torch.dtype) -> Tensor:
-    return torch.empty_like(parameter, dtype=dtype).requires_grad_()
 
 
 class LowPrecisionWeightsCallback(pl.Callback):
