@@ -40,7 +40,8 @@ from torch import Tensor, nn
 from models import BOS_ID, EOS_ID, PAD_ID, build_model
 from models.attention import use_cudnn_attention
 from pipelines.batching import TokenBucketBatchSampler, TranslationDataset, collate
-from pipelines.lit_module import label_smoothed_nll
+from pipelines.cuda_graphs import StepGraphs
+from pipelines.lit_module import token_mean_loss
 from pipelines.low_precision import LowPrecisionWeights
 from pipelines.params import load_params
 from pipelines.tokenizer import load_split
@@ -235,27 +236,32 @@ def make_step(
     clip: float,
     precision: str,
     low_precision_weights: bool = False,
+    cuda_graphs: bool = False,
 ) -> Callable[[dict[str, Tensor]], Tensor]:
     """One training step as Lightning's bf16-mixed loop runs lit_module.training_step (with
-    `low_precision_weights`, bf16 only, as LowPrecisionWeightsCallback adds to it)."""
+    `low_precision_weights`, bf16 only, as LowPrecisionWeightsCallback adds to it; with
+    `cuda_graphs`, as CudaGraphsCallback does)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     autocast = precision.startswith("bf16")
     params = [p for p in model.parameters() if p.requires_grad]
     copies = LowPrecisionWeights(model) if low_precision_weights else None
 
+    def loss_function(src: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> tuple[Tensor, Tensor]:
+        return token_mean_loss(forward(src, tgt_in), tgt_out, label_smoothing)
+
+    graphs = StepGraphs(loss_function, params) if cuda_graphs else None
+
     def step(batch: dict[str, Tensor]) -> Tensor:
         src, tgt_in, tgt_out = (batch[k].to(device, non_blocking=True) for k in BATCH_KEYS)
         with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
-            logits = forward(src, tgt_in)
-            smoothed, _ = label_smoothed_nll(logits, tgt_out, label_smoothing)
-            loss = smoothed / (tgt_out != PAD_ID).sum()
+            loss, _ = (graphs or loss_function)(src, tgt_in, tgt_out)
         loss.backward()
         if copies is not None:
             copies.move_gradients()
         if clip:
             torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.zero_grad(set_to_none=graphs is None)
         if copies is not None:
             copies.refresh()
         return loss.detach()
@@ -330,6 +336,7 @@ def measure(
     profile_steps: int = 0,
     low_precision_weights: bool = False,
     memory_baseline: int = 0,
+    cuda_graphs: bool = False,
 ) -> tuple[dict[str, Any], Callable[[], None] | None]:
     """Throughput, peak memory, MFU and host syncs of `steps` training steps after `warmup`.
 
@@ -340,7 +347,7 @@ def measure(
     """
     optimizer = optimizer_for(model, optim.lr, optim.betas, optim.weight_decay)
     autocast_bf16 = train.precision.startswith("bf16")
-    low_precision_weights = low_precision_weights and autocast_bf16
+    low_precision_weights = low_precision_weights and autocast_bf16 and not cuda_graphs
     step = make_step(
         model,
         forward,
@@ -349,6 +356,7 @@ def measure(
         train.gradient_clip_val,
         train.precision,
         low_precision_weights,
+        cuda_graphs,
     )
     model.train()
     started = time.perf_counter()
@@ -387,6 +395,7 @@ def measure(
         "compiled": compiled,
         "autocast_bf16": autocast_bf16,
         "low_precision_weights": low_precision_weights,
+        "cuda_graphs": cuda_graphs,
         "parameters": parameters,
         "encoder_parameters": encoder_params,
         "decoder_parameters": decoder_params,
@@ -444,10 +453,12 @@ def run_job(
     kind: str,
     compiled: bool,
     low_precision_weights: bool = False,
+    cuda_graphs: bool = False,
 ) -> tuple[dict[str, Any], Callable[[], None] | None]:
     """Build one model (ours or Marian for `arch`) and measure it in this process; our eager
-    model keeps bf16 weight copies between steps with `low_precision_weights`. Returns the
-    result and `measure`'s deferred kernel profile."""
+    model keeps bf16 weight copies between steps with `low_precision_weights`, or replays CUDA
+    graphs of its loss with `cuda_graphs`. Returns the result and `measure`'s deferred kernel
+    profile."""
     arch_params = params.arch(arch)
     torch.manual_seed(params.seed)
     memory_baseline = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
@@ -482,6 +493,7 @@ def run_job(
         args.profile_steps,
         low_precision_weights and kind == "ours" and not compiled,
         memory_baseline,
+        cuda_graphs and kind == "ours" and not compiled and model.graph_safe,
     )
     run.update(kind=kind, arch=arch)
     if kind == "marian":
@@ -491,31 +503,42 @@ def run_job(
 
 @dataclass(frozen=True)
 class Job:
-    """One model to measure: our `arch` or Marian mirroring it, eager or compiled; our eager
-    model with bf16 weight copies kept between steps (`copies`) or autocast's per-call casts."""
+    """One model to measure: our `arch` or Marian mirroring it, eager, compiled or (ours) with
+    CUDA graphs of its loss (`graphed`); our eager model with bf16 weight copies kept between
+    steps (`copies`) or autocast's per-call casts."""
 
     arch: str
     kind: str  # "ours" | "marian"
     compiled: bool = False
     copies: bool = False
+    graphed: bool = False
 
     def spec(self) -> str:
-        mode = "compiled" if self.compiled else "eager"
+        mode = "compiled" if self.compiled else "graphed" if self.graphed else "eager"
         return f"{self.arch},{self.kind},{mode},{'copies' if self.copies else 'casts'}"
 
     @classmethod
     def parse(cls, spec: str) -> Job:
         arch, kind, mode, weights = spec.split(",")
-        return cls(arch, kind, mode == "compiled", weights == "copies")
+        if mode not in ("eager", "compiled", "graphed") or weights not in ("copies", "casts"):
+            raise ValueError(
+                f"bad --job {spec!r}: ARCH,ours|marian,eager|compiled|graphed,copies|casts"
+            )
+        return cls(arch, kind, mode == "compiled", weights == "copies", mode == "graphed")
 
 
 def planned_jobs(
-    args: argparse.Namespace, archs: list[str], copies: list[bool]
+    args: argparse.Namespace, archs: list[str], copies: list[bool], graphs: list[bool]
 ) -> list[tuple[int, Job]]:
-    """(round, job) in measuring order: the eager models round by round (ours, Marian, ours,
-    Marian, ...), so that a drift of the machine shows as a spread between rounds; then the
-    compiled ones, once."""
-    eager = [Job(arch, "ours", copies=with_copies) for arch in archs for with_copies in copies]
+    """(round, job) in measuring order: the models that are not compiled round by round (ours in
+    each requested variant, Marian, ours, Marian, ...), so that a drift of the machine shows as a
+    spread between rounds; then the compiled ones, once."""
+    eager = [
+        Job(arch, "ours", copies=False, graphed=True) if graphed else Job(arch, "ours", copies=c)
+        for arch in archs
+        for graphed in graphs
+        for c in ([False] if graphed else copies)
+    ]
     if args.marian:
         eager.append(Job(args.marian, "marian"))
     jobs = [(round_, job) for round_ in range(args.rounds) for job in eager]
@@ -559,6 +582,8 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         "on" if params.train.low_precision_weights else "off"
     )
     copies = {"on": [True], "off": [False], "both": [True, False]}[copies_mode]
+    graphs_mode = args.cuda_graphs or ("on" if params.train.cuda_graphs else "off")
+    graphs = {"on": [True], "off": [False], "both": [True, False]}[graphs_mode]
     use_cudnn_attention(cudnn)  # the same SDPA backends for every model, Marian's too
     results: dict[str, Any] = {
         "environment": environment(),
@@ -567,6 +592,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         "batch_tokens": batch_tokens,
         "precision": params.train.precision,
         "low_precision_weights": copies_mode,  # requested; each run says if it applied (bf16)
+        "cuda_graphs": graphs_mode,
         "padding": batches.stats,
         "isolated": args.isolate,
         "definition": {
@@ -584,7 +610,7 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
         log.info("bf16 matmul: %.1f TFLOP/s", peak)
     deadline = time.monotonic() + args.max_seconds
     profiles: list[Callable[[], None]] = []  # run after every timed job (see `measure`)
-    jobs = [(0, Job.parse(args.job))] if args.job else planned_jobs(args, archs, copies)
+    jobs = [(0, Job.parse(args.job))] if args.job else planned_jobs(args, archs, copies, graphs)
     for round_, job in jobs:
         arch, kind, compiled = job.arch, job.kind, job.compiled
         if time.monotonic() > deadline:
@@ -598,8 +624,9 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
                 run = run_isolated(args, cudnn, job)
             else:
                 run, add_profile = run_job(
-                    args, params, batches, vocab_size, peak, arch, kind, compiled, job.copies
-                )
+                    args, params, batches, vocab_size, peak, arch, kind, compiled, job.copies,
+                    job.graphed,
+                )  # fmt: skip
                 if add_profile is not None and round_ == 0:
                     profiles.append(add_profile)
             run["round"] = round_
@@ -647,6 +674,7 @@ def speedups(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             if ours["round"] != reference["round"]:
                 continue
             mode = "compiled" if ours["compiled"] else "eager"
+            mode = "cuda_graphs" if ours.get("cuda_graphs") else mode
             mode += "_without_weight_copies" if without_weight_copies(ours) else ""
             marian_mode = "compiled" if reference["compiled"] else "eager"
             key = f"ours_{mode}_vs_marian_{marian_mode}"
@@ -840,8 +868,16 @@ def main(argv: list[str] | None = None) -> None:
         "call, or are measured both ways in each round (default: train.low_precision_weights)",
     )
     tp.add_argument(
+        "--cuda-graphs",
+        choices=("on", "off", "both"),
+        help="our models replay CUDA graphs of the loss's forward and backward per batch shape "
+        "(without weight copies), run eagerly, or are measured both ways in each round (default: "
+        "train.cuda_graphs; CUDA only)",
+    )
+    tp.add_argument(
         "--job",
-        help="ARCH,ours|marian,eager|compiled,copies|casts: measure only this (as --isolate does)",
+        help="ARCH,ours|marian,eager|compiled|graphed,copies|casts: measure only this (as "
+        "--isolate does)",
     )
     tp.add_argument("--max-seconds", type=float, default=400, help="skip jobs after this")
     tp.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -883,6 +919,7 @@ def without_weight_copies(run: dict[str, Any]) -> bool:
         run.get("kind") == "ours"
         and bool(run.get("autocast_bf16"))
         and not run.get("compiled")
+        and not run.get("cuda_graphs")
         and not run.get("low_precision_weights")
     )
 
@@ -891,6 +928,7 @@ def run_label(run: dict[str, Any]) -> str:
     """The model's name, how it ran (compiled; autocast casts instead of bf16 weight copies) and
     the round."""
     label = run["name"] + (" +compile" if run.get("compiled") else "")
+    label += " +graphs" if run.get("cuda_graphs") else ""
     label += " -copies" if without_weight_copies(run) else ""
     if run.get("round"):
         label += f" (round {run['round'] + 1})"

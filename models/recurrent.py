@@ -81,6 +81,8 @@ class RecurrentDecoderState:
 class RecurrentSeq2Seq(Seq2Seq):
     """(Bi)directional RNN encoder, a bridge to the initial decoder state, a stepwise decoder."""
 
+    graph_safe = False  # packing the source reads its lengths on the host
+
     def __init__(self, config: RecurrentConfig, src_vocab_size: int, tgt_vocab_size: int) -> None:
         super().__init__()
         self.config = config

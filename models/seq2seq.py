@@ -39,6 +39,10 @@ class Seq2Seq(nn.Module, ABC):
     Padding uses PAD_ID in both src and tgt; the masks are derived inside the model.
     """
 
+    # True when teacher-forced training never waits on the host (no data-dependent shapes), so
+    # its forward and backward pass can be captured as CUDA graphs (pipelines.cuda_graphs).
+    graph_safe: bool = False
+
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher forcing: src [B, S], tgt_in [B, T] (BOS-prefixed) -> logits [B, T, V]."""
         return self.decode(tgt_in, self.encode(src))

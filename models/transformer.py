@@ -151,6 +151,8 @@ class TransformerDecoderState:
 class TransformerSeq2Seq(Seq2Seq):
     """Embeddings + positional encoding, N encoder layers, N decoder layers, output projection."""
 
+    graph_safe = True
+
     def __init__(self, config: TransformerConfig, src_vocab_size: int, tgt_vocab_size: int) -> None:
         super().__init__()
         self.config = config

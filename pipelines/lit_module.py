@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from models import PAD_ID, build_model, greedy_search
+from pipelines.cuda_graphs import StepGraphs
 
 
 class DivergenceError(RuntimeError):
@@ -54,6 +55,14 @@ def label_smoothed_nll(logits: Tensor, target: Tensor, smoothing: float) -> tupl
     return smoothed, nll
 
 
+def token_mean_loss(logits: Tensor, target: Tensor, smoothing: float) -> tuple[Tensor, Tensor]:
+    """The training loss (label-smoothed cross-entropy per non-pad target token) and, detached,
+    the plain NLL per token."""
+    smoothed, nll = label_smoothed_nll(logits, target, smoothing)
+    ntokens = (target != PAD_ID).sum()
+    return smoothed / ntokens, (nll / ntokens).detach()
+
+
 class TranslationModule(pl.LightningModule):
     """Trains any ``models`` architecture; validation BLEU is greedy-decoded on the whole split."""
 
@@ -78,15 +87,20 @@ class TranslationModule(pl.LightningModule):
         self._resume_rng: list[dict[str, Tensor]] | None = None
         self._val_outputs: list[tuple[int, list[int]]] = []
         self._val_sums: Tensor | None = None
+        # Set by CudaGraphsCallback during fit on one CUDA device.
+        self.step_graphs: StepGraphs | None = None
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         return self.model(src, tgt_in)
 
+    def training_loss(self, src: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> tuple[Tensor, Tensor]:
+        """Label-smoothed loss per target token, and the plain NLL per token (detached)."""
+        logits = self.model(src, tgt_in)
+        return token_mean_loss(logits, tgt_out, self.optim["label_smoothing"])
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        logits = self.model(batch["src"], batch["tgt_in"])
-        smoothed, nll = label_smoothed_nll(logits, batch["tgt_out"], self.optim["label_smoothing"])
-        ntokens = (batch["tgt_out"] != PAD_ID).sum()
-        loss = smoothed / ntokens
+        loss_function = self.step_graphs or self.training_loss
+        loss, nll = loss_function(batch["src"], batch["tgt_in"], batch["tgt_out"])
         if self.global_step % self.hparams.check_finite_every == 0 and not torch.isfinite(loss):
             raise DivergenceError(
                 f"training loss is {loss.item()} at step {self.global_step} "
@@ -95,8 +109,14 @@ class TranslationModule(pl.LightningModule):
             )
         batch_size = batch["src"].size(0)
         self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=batch_size)
-        self.log("train/nll", nll / ntokens, on_step=True, batch_size=batch_size)
+        self.log("train/nll", nll, on_step=True, batch_size=batch_size)
         return loss
+
+    def optimizer_zero_grad(
+        self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer
+    ) -> None:
+        # CUDA graphs add into the gradient tensors they were captured with.
+        optimizer.zero_grad(set_to_none=self.step_graphs is None)
 
     def on_train_epoch_start(self) -> None:
         # The RNG state (dropout) is a function of (seed, epoch): a run resumed at an epoch

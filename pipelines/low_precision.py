@@ -93,6 +93,7 @@ class LowPrecisionWeightsCallback(pl.Callback):
 
     Inactive in any other precision and with more than one process: DDP reduces the gradients of
     the parameters the forward pass used, and the float32 parameters would not be among them.
+    Inactive with CUDA graphs (`pipelines.cuda_graphs`), whose replays cast on the GPU alone.
     """
 
     def __init__(self) -> None:
@@ -104,6 +105,9 @@ class LowPrecisionWeightsCallback(pl.Callback):
             return
         if trainer.world_size > 1:
             log.info("bf16 weight copies off: %d processes (DDP)", trainer.world_size)
+            return
+        if getattr(pl_module, "step_graphs", None) is not None:
+            log.info("bf16 weight copies off: CUDA graphs replay autocast's casts on the GPU")
             return
         self.weights = LowPrecisionWeights(pl_module)
         log.info("bf16 weight copies kept for %d linear layers", len(self.weights.layers))

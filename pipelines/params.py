@@ -155,6 +155,7 @@ class TrainParams:
     compile: bool = False
     cudnn_attention: bool = False
     low_precision_weights: bool = True
+    cuda_graphs: bool = False
     deterministic: bool = True
     val_max_len_margin: int = 20
     log_every_n_steps: int = 20

@@ -29,6 +29,7 @@ from models.attention import use_cudnn_attention
 from pipelines import tracking
 from pipelines.atomic import atomic_path, atomic_write_json, atomic_write_text
 from pipelines.averaging import apply_checkpoint_average, epoch_checkpoint_callback
+from pipelines.cuda_graphs import CudaGraphsCallback
 from pipelines.datamodule import TranslationDataModule
 from pipelines.errors import PipelineError, run_main, setup_logging
 from pipelines.lit_module import DivergenceError, TranslationModule
@@ -385,8 +386,10 @@ def build_trainer(
     if params.train.checkpoint_average > 1:  # the last N epochs' weights, for averaging
         folder = paths.checkpoints / arch / "epochs"
         callbacks.append(epoch_checkpoint_callback(folder, params.train.checkpoint_average))
+    if params.train.cuda_graphs and not params.train.compile:
+        callbacks.append(CudaGraphsCallback())  # acts on one CUDA device only
     if params.train.low_precision_weights and not params.train.compile:
-        callbacks.append(LowPrecisionWeightsCallback())  # acts in bf16-mixed on one device only
+        callbacks.append(LowPrecisionWeightsCallback())  # bf16-mixed, one device, no CUDA graphs
     if optim.early_stopping_patience > 0:
         callbacks.append(
             EarlyStopping(

@@ -4,6 +4,7 @@ from the same code on a GPU; see benchmarks/README.md)."""
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -193,3 +194,34 @@ def test_job_spec_round_trips():
     assert job.spec() == "transformer_base,ours,eager,copies"
     assert bench.Job.parse(job.spec()) == job
     assert bench.Job.parse("x,marian,compiled,casts") == bench.Job("x", "marian", True, False)
+    graphed = bench.Job("transformer_base", "ours", graphed=True)
+    assert graphed.spec() == "transformer_base,ours,graphed,casts"
+    assert bench.Job.parse(graphed.spec()) == graphed
+    with pytest.raises(ValueError, match="eager\\|compiled\\|graphed"):
+        bench.Job.parse("x,ours,fast,casts")
+
+
+def test_planned_jobs_put_every_variant_of_ours_and_marian_in_each_round():
+    args = SimpleNamespace(rounds=2, marian="base", compile=None, compile_marian=False)
+    jobs = bench.planned_jobs(args, ["base"], copies=[True, False], graphs=[True, False])
+    round_0 = [job for round_, job in jobs if round_ == 0]
+    assert [job.spec() for job in round_0] == [
+        "base,ours,graphed,casts",
+        "base,ours,eager,copies",
+        "base,ours,eager,casts",
+        "base,marian,eager,casts",
+    ]
+    assert [job for round_, job in jobs if round_ == 1] == round_0
+
+
+def test_speedup_of_graphed_runs_has_its_own_key():
+    runs = [
+        {**_run("ours", "base", 0, 300.0), "cuda_graphs": True},
+        _run("ours", "base", 0, 240.0, copies=True),
+        _run("marian", "base", 0, 200.0),
+    ]
+    assert bench.speedups(runs)["speedup_vs_marian"] == {
+        "ours_cuda_graphs_vs_marian_eager": 1.5,
+        "ours_eager_vs_marian_eager": 1.2,
+    }
+    assert bench.run_label({**runs[0], "name": "base"}) == "base +graphs"
