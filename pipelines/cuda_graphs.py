@@ -4,9 +4,9 @@ An eager ``transformer_base`` step launches about a thousand kernels, each issue
 the autograd engine, and the GPU waits on the host for half of the step. A CUDA graph replays a
 captured sequence of kernels with one launch. Token-bucket batches come in a fixed set of shapes
 (the sampler packs the same length-sorted sequence every epoch, only the order of the batches
-changes), so `StepGraphs` captures each shape the first time it runs (that batch itself runs
-eagerly) and replays the graphs for every later batch of that shape: from the second epoch on,
-the forward pass is one launch and the backward pass another. Gradient clipping and the optimizer
+changes), so `StepGraphs` captures each shape the first time it runs and replays the graphs for
+every batch of that shape: from the second epoch on, the forward pass is one launch and the
+backward pass another. Gradient clipping and the optimizer
 step stay eager (a few multi-tensor kernels).
 
 The graphs run the same kernels in the same order as the eager step, with dropout drawing from
@@ -69,12 +69,12 @@ class _Replay(torch.autograd.Function):
 class StepGraphs:
     """Calls ``loss_function(*inputs) -> (loss, *detached metrics)`` through CUDA graphs.
 
-    The first call with a new combination of input shapes runs `loss_function` eagerly (that
-    call's backward pass is the ordinary autograd one) and captures its forward and backward
-    pass; later calls with those shapes replay them, and ``loss.backward()`` replays the
-    backward graph, which adds the gradients of `parameters` to their ``.grad`` tensors. Capture
-    happens under the autocast state of the call (its cache off, as graphs require). Beyond
-    `max_shapes` captured shapes, new shapes run eagerly.
+    The first call with a new combination of input shapes captures the forward and backward
+    pass of `loss_function` (under the call's autocast state, its cache off as graphs require);
+    every call replays the forward graph of its shapes, and ``loss.backward()`` the backward
+    graph, which adds the gradients of `parameters` to their ``.grad`` tensors. Call it with no
+    autograd graph of an earlier call alive (drop the previous loss after its backward pass).
+    Beyond `max_shapes` captured shapes, new shapes run eagerly.
     """
 
     def __init__(
@@ -102,24 +102,17 @@ class StepGraphs:
     def __call__(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         key = tuple((tuple(t.shape), t.dtype) for t in inputs)
         captured = self.graphs.get(key)
-        if captured is not None:
-            self._check_gradients()
-            self.replays += 1
-            return _Replay.apply(self._anchor, captured, *inputs)
-        outputs = self.loss_function(*inputs)
-        if len(self.graphs) < self.max_shapes:
-            try:
-                self.graphs[key] = self._capture(inputs)
-            except RuntimeError as err:
-                raise RuntimeError(
-                    f"CUDA graph capture of the training loss failed for input shapes {key} "
-                    f"({err}); train without it: train.cuda_graphs: false"
-                ) from err
+        if captured is None:
+            if len(self.graphs) == self.max_shapes:
+                return self.loss_function(*inputs)
+            captured = self.graphs[key] = self._capture(inputs, key)
             if len(self.graphs) == self.max_shapes:
                 log.warning(
-                    "CUDA graphs: %d batch shapes captured, new ones run eagerly", len(self.graphs)
+                    "CUDA graphs: %d shapes captured, new ones run eagerly", len(self.graphs)
                 )
-        return outputs
+        self._check_gradients()
+        self.replays += 1
+        return _Replay.apply(self._anchor, captured, *inputs)
 
     def _check_gradients(self) -> None:
         if any(p.grad is not g for p, g in zip(self.parameters, self._gradients, strict=True)):
@@ -129,7 +122,18 @@ class StepGraphs:
                 "(optimizer.zero_grad(set_to_none=False))"
             )
 
-    def _capture(self, inputs: Sequence[Tensor]) -> _Captured:
+    def _capture(self, inputs: Sequence[Tensor], key: tuple[Any, ...]) -> _Captured:
+        try:
+            return self._capture_graphs(inputs)
+        except RuntimeError as err:
+            raise RuntimeError(
+                f"CUDA graph capture of the training loss failed for input shapes {key} ({err}); "
+                "train without it: train.cuda_graphs: false"
+            ) from err
+
+    def _capture_graphs(self, inputs: Sequence[Tensor]) -> _Captured:
+        # No autograd graph of an earlier call may be alive here: its gradient accumulators
+        # would stay bound to the stream they were created on, outside the capture.
         if not self._gradients:
             for p in self.parameters:
                 if p.grad is None:

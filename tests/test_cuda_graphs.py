@@ -84,7 +84,7 @@ def test_graphed_training_follows_the_eager_training(accumulate):
     torch.manual_seed(123)
     model, losses, graphs = _train_on_cuda(graphed=True, accumulate=accumulate)
     assert len(graphs.graphs) == 3  # one pair per shape, captured in the first epoch
-    assert graphs.replays == 6  # epochs 2 and 3
+    assert graphs.replays == 9  # every batch, from its capture on
     # Same dropout masks and inputs: any stale input or other random stream would differ by far
     # more than the kernels' run-to-run rounding (atomics in the embedding gradient).
     torch.testing.assert_close(losses, eager_losses, rtol=0, atol=1e-5)
@@ -114,14 +114,14 @@ def test_replayed_steps_never_sync_the_host():
         optimizer.zero_grad(set_to_none=False)
         return loss, nll
 
-    step()  # eager, then captured
+    step()  # captures the graphs
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         results = [step() for _ in range(3)]
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert graphs.replays == 3
+    assert graphs.replays == 4
     losses = torch.stack([loss for loss, _ in results])
     assert torch.isfinite(losses).all() and not results[-1][1].requires_grad
     assert len(set(losses.tolist())) == 3  # each replay computed its own step, not a stale one
@@ -183,7 +183,7 @@ def test_lightning_fit_with_cuda_graphs_trains_like_eager():
     graphed = _fit("gpu", [CudaGraphsCallback(), recorder])
     eager = _fit("gpu", [])
     (graphs,) = recorder.graphs
-    assert (len(graphs.graphs), graphs.replays) == (3, 6)
+    assert (len(graphs.graphs), graphs.replays) == (3, 9)
     assert graphed.step_graphs is None  # dropped at the end of fit
     assert len({tuple(ids) for _, ids in recorder.steps}) == 1  # zeroed in place, never replaced
     state, reference = graphed.state_dict(), eager.state_dict()
