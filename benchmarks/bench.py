@@ -335,7 +335,7 @@ def measure(
     compiled: bool = False,
     profile_steps: int = 0,
     low_precision_weights: bool = False,
-    memory_baseline: int = 0,
+    memory_baseline: tuple[int, int] = (0, 0),
     cuda_graphs: bool = False,
 ) -> tuple[dict[str, Any], Callable[[], None] | None]:
     """Throughput, peak memory, MFU and host syncs of `steps` training steps after `warmup`.
@@ -343,7 +343,9 @@ def measure(
     With `profile_steps` (CUDA), also returns a function that profiles that many more steps and
     adds the kernel figures to the result: call it after every timed measurement of the process,
     as a model measured after torch.profiler has run in its process runs slower. Peak memory
-    counts what was allocated beyond `memory_baseline` (other models kept for their profiles).
+    counts what was allocated, and reserved, beyond `memory_baseline` (allocated and reserved
+    bytes before the model was built: other models are kept for their profiles). CUDA graphs
+    keep their activations in a memory pool of their own, which counts as reserved only.
     """
     optimizer = optimizer_for(model, optim.lr, optim.betas, optim.weight_decay)
     autocast_bf16 = train.precision.startswith("bf16")
@@ -414,8 +416,11 @@ def measure(
         "loss_finite": finite,
     }
     if torch.cuda.is_available():
-        peak = torch.cuda.max_memory_allocated() - memory_baseline
+        allocated, reserved = memory_baseline
+        peak = torch.cuda.max_memory_allocated() - allocated
         result["peak_memory_gib"] = round(peak / 2**30, 3)
+        peak_reserved = torch.cuda.max_memory_reserved() - reserved
+        result["peak_reserved_gib"] = round(peak_reserved / 2**30, 3)
     if peak_tflops:
         flops = 6 * parameters * tokens_per_sec
         sided = 6 * (encoder_params * src_tokens + decoder_params * tgt_tokens) / elapsed
@@ -461,7 +466,11 @@ def run_job(
     profile."""
     arch_params = params.arch(arch)
     torch.manual_seed(params.seed)
-    memory_baseline = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
+    memory_baseline = (
+        (torch.cuda.memory_allocated(), torch.cuda.memory_reserved())
+        if torch.cuda.is_available()
+        else (0, 0)
+    )
     if kind == "ours":
         model = build_model(arch_params.model, vocab_size).to(args.device)
         forward, name = model, arch
@@ -789,6 +798,7 @@ def metric_label(run: dict[str, Any]) -> str:
     """An MLflow-safe metric prefix for one measured model: 'marian(x)' -> 'marian_x'."""
     label = run["name"].replace("(", "_").replace(")", "")
     label += "_without_weight_copies" if without_weight_copies(run) else ""
+    label += "_cuda_graphs" if run.get("cuda_graphs") else ""
     return label + ("_compiled" if run.get("compiled") else "")
 
 
@@ -807,8 +817,8 @@ def log_to_mlflow(command: str, result: dict[str, Any], out: Path, dataset: str)
     settings.update({f"env.{k}": v for k, v in environment if v is not None and k != "date"})
     tracking.log_params(client, run_id, settings)
     if command == "throughput":
-        figures = ("tokens_per_sec", "ms_per_step", "peak_memory_gib", "mfu", "mfu_sided",
-                   "gpu_busy_fraction")  # fmt: skip
+        figures = ("tokens_per_sec", "ms_per_step", "peak_memory_gib", "peak_reserved_gib", "mfu",
+                   "mfu_sided", "gpu_busy_fraction")  # fmt: skip
         for run in result["runs"]:
             for figure in figures:
                 if run.get(figure) is not None:
@@ -943,7 +953,7 @@ def print_throughput_table(result: dict[str, Any], stream) -> None:
         f"{result['batch_tokens']}  padding {result['padding']['padding_fraction']:.3f}\n"
     )
     stream.write(
-        f"{'model':32s} {'params':>8s} {'tok/s':>10s} {'ms/step':>8s} {'GiB':>6s} "
+        f"{'model':32s} {'params':>8s} {'tok/s':>10s} {'ms/step':>8s} {'GiB':>6s} {'resGiB':>6s} "
         f"{'MFU':>6s} {'sided':>6s} {'syncs':>5s} {'kernels':>7s} {'GPU ms':>7s} {'busy':>5s}\n"
     )
     for run in result["runs"]:
@@ -954,6 +964,7 @@ def print_throughput_table(result: dict[str, Any], stream) -> None:
         stream.write(
             f"{label:32s} {run['parameters'] / 1e6:7.1f}M {run['tokens_per_sec']:10.0f} "
             f"{run['ms_per_step']:8.2f} {run.get('peak_memory_gib', 0):6.2f} "
+            f"{run.get('peak_reserved_gib', 0):6.2f} "
             f"{run.get('mfu', 0):6.3f} {run.get('mfu_sided', 0):6.3f} "
             f"{run['host_syncs_per_step']!s:>5s} "
             f"{run.get('profile', {}).get('kernels_per_step', '-')!s:>7s} "

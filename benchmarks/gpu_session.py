@@ -326,8 +326,8 @@ def main(argv: list[str] | None = None) -> None:
     log.info("environment: %s", env_log.read_text()[-600:])
     if plan["gpu_tests"]:
         code = shell(
-            [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/test_fast_paths.py", "-p",
-             "no:cacheprovider"],
+            [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/test_fast_paths.py",
+             "tests/test_cuda_graphs.py", "-p", "no:cacheprovider"],
             args.work / "gpu_tests.log",
             120,
         )  # fmt: skip
