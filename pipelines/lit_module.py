@@ -118,6 +118,10 @@ class TranslationModule(pl.LightningModule):
         # CUDA graphs add into the gradient tensors they were captured with.
         optimizer.zero_grad(set_to_none=self.step_graphs is None)
 
+    def on_validation_model_zero_grad(self) -> None:
+        # Lightning frees the gradients before validating; CUDA graphs keep theirs, zeroed.
+        self.zero_grad(set_to_none=self.step_graphs is None)
+
     def on_train_epoch_start(self) -> None:
         # The RNG state (dropout) is a function of (seed, epoch): a run resumed at an epoch
         # boundary replays exactly what the uninterrupted run did, on any number of devices.
