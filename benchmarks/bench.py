@@ -7,8 +7,10 @@ speed; and the time-to-BLEU table of finished training runs.
     python -m benchmarks.bench report results/ --out summary.json
 
 Throughput counts non-pad source + target tokens per second of full training steps (bf16
-autocast forward, label-smoothed loss, backward, gradient clipping, fused AdamW; our models keep
-bf16 weight copies between steps as the train stage does, see ``pipelines.low_precision``), timed
+autocast forward, label-smoothed loss, backward, gradient clipping, fused AdamW; our models run
+them as the train stage does: the Transformer replaying CUDA graphs of its loss per batch shape
+with ``train.cuda_graphs`` (``pipelines.cuda_graphs``), otherwise eagerly with bf16 weight copies
+kept between steps (``pipelines.low_precision``)), timed
 between ``torch.cuda.synchronize()`` calls after warm-up steps, over the same token-bucket batches
 for every model. MFU = 6 × parameters × tokens/s ÷ the bf16 matrix-product rate measured in the same
 process (an 8192³ product). Each token only passes through its own side (the encoder for source

@@ -15,20 +15,13 @@ from models import BOS_ID, PAD_ID, build_model
 from pipelines.cuda_graphs import CudaGraphsCallback, StepGraphs
 from pipelines.lit_module import TranslationModule, token_mean_loss
 from tests.models.conftest import TINY_RECURRENT, TINY_TRANSFORMER
+from tests.training_helpers import TINY_OPTIM, quiet_trainer
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 VOCAB = 30
 # Dropout everywhere: a replay must draw the same random numbers as the eager step.
 TRANSFORMER = {**TINY_TRANSFORMER, "dropout": 0.1, "attention_dropout": 0.1}
-OPTIM = {
-    "lr": 1e-3,
-    "betas": [0.9, 0.98],
-    "weight_decay": 0.01,
-    "label_smoothing": 0.1,
-    "schedule": "constant",
-    "warmup_steps": 0,
-}
 SHAPES = [(4, 9, 8), (6, 5, 7), (3, 12, 10)]  # (sentences, source length, target length)
 
 
@@ -143,21 +136,11 @@ def test_gradients_replaced_after_capture_are_refused():
 
 def _fit(accelerator: str, callbacks: list[pl.Callback], epochs: int = 3) -> TranslationModule:
     torch.manual_seed(0)
-    module = TranslationModule(TRANSFORMER, OPTIM, VOCAB, VOCAB)
+    module = TranslationModule(TRANSFORMER, TINY_OPTIM, VOCAB, VOCAB)
     loader = DataLoader([_batch(i, shape) for i, shape in enumerate(SHAPES)], batch_size=None)
     validation = DataLoader([_batch(99)], batch_size=None)  # Lightning frees gradients before it
-    trainer = pl.Trainer(
-        accelerator=accelerator,
-        devices=1,
-        precision="bf16-mixed",
-        max_epochs=epochs,
-        gradient_clip_val=1.0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
+    trainer = quiet_trainer(
+        callbacks, accelerator=accelerator, devices=1, max_epochs=epochs, num_sanity_val_steps=0
     )
     trainer.fit(module, train_dataloaders=loader, val_dataloaders=validation)
     return module
@@ -222,7 +205,7 @@ def test_module_hands_its_loss_to_step_graphs_and_zeroes_gradients_in_place():
 def test_callback_stays_off_on_cpu_and_for_models_that_wait_on_the_host(caplog):
     callback = CudaGraphsCallback()
     trainer = SimpleNamespace(world_size=1)
-    module = TranslationModule(TRANSFORMER, OPTIM, VOCAB, VOCAB)
+    module = TranslationModule(TRANSFORMER, TINY_OPTIM, VOCAB, VOCAB)
     with caplog.at_level("INFO", logger="pipelines.cuda_graphs"):
         callback.on_fit_start(trainer, module)
     assert module.step_graphs is None

@@ -15,6 +15,7 @@ from models.linear import Linear
 from pipelines.lit_module import TranslationModule, label_smoothed_nll
 from pipelines.low_precision import LowPrecisionWeights, LowPrecisionWeightsCallback
 from tests.models.conftest import TINY_TRANSFORMER
+from tests.training_helpers import TINY_OPTIM, quiet_trainer
 
 VOCAB = 30
 TRANSFORMER = {**TINY_TRANSFORMER, "dropout": 0.1}  # dropout: the copies keep its RNG stream
@@ -24,14 +25,6 @@ LSTM_ADDITIVE = {
     "hidden_size": 32,
     "attention": "additive",
     "dropout": 0.1,
-}
-OPTIM = {
-    "lr": 1e-3,
-    "betas": [0.9, 0.98],
-    "weight_decay": 0.01,
-    "label_smoothing": 0.1,
-    "schedule": "constant",
-    "warmup_steps": 0,
 }
 
 
@@ -162,20 +155,15 @@ def test_release_detaches_the_copies():
 
 def _fit(precision: str, callbacks: list[pl.Callback], accumulate: int = 1) -> TranslationModule:
     torch.manual_seed(0)
-    module = TranslationModule(TRANSFORMER, OPTIM, VOCAB, VOCAB)
+    module = TranslationModule(TRANSFORMER, TINY_OPTIM, VOCAB, VOCAB)
     loader = DataLoader([_batch(i) for i in range(3 * accumulate)], batch_size=None)
-    trainer = pl.Trainer(
+    trainer = quiet_trainer(
+        callbacks,
         accelerator="cpu",
         precision=precision,
         max_steps=3,
         accumulate_grad_batches=accumulate,
-        gradient_clip_val=1.0,
         limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
         deterministic=True,
     )
     trainer.fit(module, train_dataloaders=loader)
@@ -211,7 +199,7 @@ def test_callback_trains_bitwise_like_autocast_and_releases_at_the_end(accumulat
 
 
 def test_callback_stays_off_outside_bf16_mixed_and_with_several_processes():
-    module = TranslationModule(TRANSFORMER, OPTIM, VOCAB, VOCAB)
+    module = TranslationModule(TRANSFORMER, TINY_OPTIM, VOCAB, VOCAB)
     callback = LowPrecisionWeightsCallback()
     callback.on_fit_start(SimpleNamespace(precision="32-true", world_size=1), module)
     assert callback.weights is None

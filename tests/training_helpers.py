@@ -10,12 +10,37 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import yaml
 
 from pipelines.params import deep_update
 from tests.pipeline_helpers import REPO, project_env, tiny_corpus, tiny_params
 
 FIXTURE_CORPUS = tiny_corpus()
+
+# Optimiser settings of the in-process Lightning tests (TranslationModule's `optim`).
+TINY_OPTIM = {
+    "lr": 1e-3,
+    "betas": [0.9, 0.98],
+    "weight_decay": 0.01,
+    "label_smoothing": 0.1,
+    "schedule": "constant",
+    "warmup_steps": 0,
+}
+
+
+def quiet_trainer(callbacks: list[pl.Callback], **settings: Any) -> pl.Trainer:
+    """A Lightning Trainer for in-process tests: bf16-mixed, norm clipping at 1.0, and no logger,
+    checkpoints, progress bar or model summary; `settings` add to or override these."""
+    defaults = {
+        "precision": "bf16-mixed",
+        "gradient_clip_val": 1.0,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return pl.Trainer(callbacks=callbacks, **{**defaults, **settings})
 
 
 def workspace_params(**extra: Any) -> dict[str, Any]:
