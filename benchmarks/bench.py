@@ -243,7 +243,7 @@ def make_step(
     """One training step as Lightning's bf16-mixed loop runs lit_module.training_step (with
     `low_precision_weights`, bf16 only, as LowPrecisionWeightsCallback adds to it; with
     `cuda_graphs`, as CudaGraphsCallback does)."""
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = next(model.parameters()).device.type
     autocast = precision.startswith("bf16")
     params = [p for p in model.parameters() if p.requires_grad]
     copies = LowPrecisionWeights(model) if low_precision_weights else None
@@ -544,12 +544,10 @@ def planned_jobs(
     """(round, job) in measuring order: the models that are not compiled round by round (ours in
     each requested variant, Marian, ours, Marian, ...), so that a drift of the machine shows as a
     spread between rounds; then the compiled ones, once."""
-    eager = [
-        Job(arch, "ours", copies=False, graphed=True) if graphed else Job(arch, "ours", copies=c)
-        for arch in archs
-        for graphed in graphs
-        for c in ([False] if graphed else copies)
-    ]
+    eager = []
+    for arch in archs:
+        eager += [Job(arch, "ours", graphed=True)] if True in graphs else []
+        eager += [Job(arch, "ours", copies=c) for c in copies] if False in graphs else []
     if args.marian:
         eager.append(Job(args.marian, "marian"))
     jobs = [(round_, job) for round_ in range(args.rounds) for job in eager]

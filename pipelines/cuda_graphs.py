@@ -182,7 +182,8 @@ class _capturing:
     """Capture the kernels issued on the current stream into `graph` (graph memory from `pool`).
 
     Other threads may make CUDA calls meanwhile (the DataLoader's pin-memory thread does), so
-    only this thread's unsafe calls abort the capture.
+    only this thread's unsafe calls abort the capture. (``torch.cuda.graph`` would also
+    synchronise and empty the allocator's cache at every capture, once per batch shape.)
     """
 
     def __init__(self, graph: torch.cuda.CUDAGraph, pool: Any) -> None:

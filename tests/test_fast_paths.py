@@ -13,6 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from benchmarks.bench import make_step
 from models import PAD_ID, build_model
 from models.attention import (
     AdditiveAttention,
@@ -22,7 +23,6 @@ from models.attention import (
 )
 from models.attention import scaled_dot_product_attention as explicit_attention
 from pipelines.lit_module import label_smoothed_nll
-from pipelines.low_precision import LowPrecisionWeights
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -138,20 +138,10 @@ TRANSFORMER = {
 }
 
 
-def _training_step(model, optimizer, src, tgt_in, tgt_out, copies=None):
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        logits = model(src, tgt_in)
-    smoothed, _ = label_smoothed_nll(logits, tgt_out, 0.1)
-    loss = smoothed / (tgt_out != PAD_ID).sum()
-    loss.backward()
-    if copies is not None:
-        copies.move_gradients()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    if copies is not None:
-        copies.refresh()
-    return loss
+def _cuda_step(model, copies: bool):
+    """bench.make_step's training step (bf16 autocast, fused AdamW, clipping) for `model`."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    return make_step(model, model, optimizer, 0.1, 1.0, "bf16-mixed", low_precision_weights=copies)
 
 
 @pytest.mark.gpu
@@ -160,15 +150,14 @@ def _training_step(model, optimizer, src, tgt_in, tgt_out, copies=None):
 def test_bf16_transformer_step_with_fused_adamw_never_syncs_the_host(with_copies):
     torch.manual_seed(0)
     model = build_model(TRANSFORMER, VOCAB).cuda().train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
-    copies = LowPrecisionWeights(model) if with_copies else None
+    step = _cuda_step(model, with_copies)
     src, tgt_in = (t.cuda() for t in _batch(torch.Generator().manual_seed(0)))
-    tgt_out = torch.roll(tgt_in, -1, dims=1)
-    _training_step(model, optimizer, src, tgt_in, tgt_out, copies)  # warm-up: handles
+    batch = {"src": src, "tgt_in": tgt_in, "tgt_out": torch.roll(tgt_in, -1, dims=1)}
+    step(batch)  # warm-up: handles
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        losses = [_training_step(model, optimizer, src, tgt_in, tgt_out, copies) for _ in range(3)]
+        losses = [step(batch) for _ in range(3)]
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert all(torch.isfinite(loss).item() for loss in losses)
@@ -181,15 +170,14 @@ def test_bf16_weight_copies_train_like_autocast_on_cuda():
     AdamW included, within a tolerance far below one step's update (GPU kernels may differ in
     summation order between calls)."""
     src, tgt_in = (t.cuda() for t in _batch(torch.Generator().manual_seed(0)))
-    tgt_out = torch.roll(tgt_in, -1, dims=1)
+    batch = {"src": src, "tgt_in": tgt_in, "tgt_out": torch.roll(tgt_in, -1, dims=1)}
     models = []
     for with_copies in (False, True):
         torch.manual_seed(0)
         model = build_model(TRANSFORMER, VOCAB).cuda().train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
-        copies = LowPrecisionWeights(model) if with_copies else None
+        step = _cuda_step(model, with_copies)
         for _ in range(3):
-            _training_step(model, optimizer, src, tgt_in, tgt_out, copies)
+            step(batch)
         models.append(model)
     reference, with_copies = models
     for (name, param), ref in zip(

@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from benchmarks.bench import make_step
 from models import BOS_ID, PAD_ID, build_model
 from models.linear import Linear
-from pipelines.lit_module import TranslationModule, label_smoothed_nll
+from pipelines.lit_module import TranslationModule
 from pipelines.low_precision import LowPrecisionWeights, LowPrecisionWeightsCallback
 from tests.models.conftest import TINY_TRANSFORMER
 from tests.training_helpers import TINY_OPTIM, quiet_trainer
@@ -41,24 +42,12 @@ def _batch(seed: int) -> dict[str, torch.Tensor]:
 def _train(model, steps: int, copies: bool) -> list[torch.Tensor]:
     """`steps` bf16 autocast AdamW steps with clipping, as the train stage runs them."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    weights = LowPrecisionWeights(model) if copies else None
+    step = make_step(model, model, optimizer, 0.1, 1.0, "bf16-mixed", low_precision_weights=copies)
     losses = []
     model.train()
-    for step in range(steps):
-        batch = _batch(step)
-        torch.manual_seed(100 + step)  # the same dropout masks in both runs
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = model(batch["src"], batch["tgt_in"])
-        loss, _ = label_smoothed_nll(logits, batch["tgt_out"], 0.1)
-        loss.backward()
-        if weights is not None:
-            weights.move_gradients()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if weights is not None:
-            weights.refresh()
-        losses.append(loss.detach())
+    for index in range(steps):
+        torch.manual_seed(100 + index)  # the same dropout masks in both runs
+        losses.append(step(_batch(index)))
     return losses
 
 
