@@ -9,8 +9,8 @@ speed; and the time-to-BLEU table of finished training runs.
 Throughput counts non-pad source + target tokens per second of full training steps (bf16
 autocast forward, label-smoothed loss, backward, gradient clipping, fused AdamW; our models run
 them as the train stage does: the Transformer replaying CUDA graphs of its loss per batch shape
-with ``train.cuda_graphs`` (``pipelines.cuda_graphs``), otherwise eagerly with bf16 weight copies
-kept between steps (``pipelines.low_precision``)), timed
+with ``train.cuda_graphs`` (``pipelines.training.cuda_graphs``), otherwise eagerly with bf16 weight copies
+kept between steps (``pipelines.training.low_precision``)), timed
 between ``torch.cuda.synchronize()`` calls after warm-up steps, over the same token-bucket batches
 for every model. MFU = 6 × parameters × tokens/s ÷ the bf16 matrix-product rate measured in the same
 process (an 8192³ product). Each token only passes through its own side (the encoder for source
@@ -41,12 +41,12 @@ from torch import Tensor, nn
 
 from models import BOS_ID, EOS_ID, PAD_ID, build_model
 from models.attention import use_cudnn_attention
-from pipelines.batching import TokenBucketBatchSampler, TranslationDataset, collate
-from pipelines.cuda_graphs import StepGraphs
-from pipelines.lit_module import token_mean_loss
-from pipelines.low_precision import LowPrecisionWeights
-from pipelines.params import load_params
-from pipelines.tokenizer import load_split
+from pipelines.core.params import load_params
+from pipelines.stages.tokenizer import load_split
+from pipelines.training.batching import TokenBucketBatchSampler, TranslationDataset, collate
+from pipelines.training.cuda_graphs import StepGraphs
+from pipelines.training.low_precision import LowPrecisionWeights
+from pipelines.training.module import token_mean_loss
 
 log = logging.getLogger("nmt.bench")
 
@@ -699,8 +699,8 @@ def speedups(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def decode(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines.evaluate import read_pairs
-    from pipelines.translator import Translator
+    from pipelines.inference.translator import Translator
+    from pipelines.stages.evaluate import read_pairs
 
     translator = Translator.load(args.model, device=args.device)
     sources, _ = read_pairs(args.prepared / f"{args.split}.jsonl")
@@ -806,16 +806,16 @@ def log_to_mlflow(command: str, result: dict[str, Any], out: Path, dataset: str)
     """One run in the MLflow experiment 'benchmarks': code, data and software versions and the
     device as tags, the settings as params, every figure as a metric (rounds as steps), the
     JSON as an artifact. Returns the run id."""
-    from pipelines import tracking
+    from pipelines.tracking import runs
 
-    client = tracking.connect()
-    experiment = tracking.experiment_id(client, "benchmarks")
-    tags = {**tracking.lineage_tags(dataset), "benchmark": command}
+    client = runs.connect()
+    experiment = runs.experiment_id(client, "benchmarks")
+    tags = {**runs.lineage_tags(dataset), "benchmark": command}
     run_id = client.create_run(experiment, run_name=f"bench {command}", tags=tags).info.run_id
     settings = {k: v for k, v in result.items() if isinstance(v, (str, int, float, bool))}
     environment = result["environment"].items()
     settings.update({f"env.{k}": v for k, v in environment if v is not None and k != "date"})
-    tracking.log_params(client, run_id, settings)
+    runs.log_params(client, run_id, settings)
     if command == "throughput":
         figures = ("tokens_per_sec", "ms_per_step", "peak_memory_gib", "peak_reserved_gib", "mfu",
                    "mfu_sided", "gpu_busy_fraction")  # fmt: skip

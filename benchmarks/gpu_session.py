@@ -1,6 +1,6 @@
 """One GPU session, scripted: environment, GPU tests, throughput benchmark, then training runs of
-the real stages (``benchmarks.train_budget`` = ``pipelines.train`` + a wall-clock budget, then
-``pipelines.evaluate --device cuda``, then the decoding benchmark), all inside one deadline.
+the real stages (``benchmarks.train_budget`` = ``pipelines.stages.train`` + a wall-clock budget, then
+``pipelines.stages.evaluate --device cuda``, then the decoding benchmark), all inside one deadline.
 
 Every run works in its own folder (``<work>/<run>``: the code linked, data/prepared and
 data/tokenized linked, its own params.yaml and MLflow store), so runs may share the GPU. What a
@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.params import deep_update
+from pipelines.core.params import deep_update
 
 log = logging.getLogger("nmt.session")
 
@@ -173,7 +173,7 @@ def commands(run: Run, budget_s: float, device: str = "cuda") -> list[list[str]]
     stage = ["--arch", run.arch, "--params", "params.yaml"]
     cmds = [
         [py, "-m", "benchmarks.train_budget", "--budget-s", f"{budget_s:.0f}", *stage],
-        [py, "-m", "pipelines.evaluate", *stage, "--device", device],
+        [py, "-m", "pipelines.stages.evaluate", *stage, "--device", device],
     ]
     if run.decode_bench:
         model = f"artifacts/{run.arch}"

@@ -3,7 +3,6 @@
 from models.config import ConfigError
 from models.factory import ModelConfig, build_model, model_config_from_dict
 from models.recurrent import RecurrentConfig, RecurrentSeq2Seq
-from models.search import Hypothesis, beam_search, greedy_search
 from models.seq2seq import EncoderOutput, Seq2Seq
 from models.transformer import TransformerConfig, TransformerSeq2Seq
 from models.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
@@ -15,15 +14,12 @@ __all__ = [
     "UNK_ID",
     "ConfigError",
     "EncoderOutput",
-    "Hypothesis",
     "ModelConfig",
     "RecurrentConfig",
     "RecurrentSeq2Seq",
     "Seq2Seq",
     "TransformerConfig",
     "TransformerSeq2Seq",
-    "beam_search",
     "build_model",
-    "greedy_search",
     "model_config_from_dict",
 ]

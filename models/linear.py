@@ -4,7 +4,7 @@ Under autocast every ``nn.Linear`` call casts its float32 weight and bias to bfl
 backward pass casts their gradients back: two small kernels per tensor per step, which on a GPU
 cost host time rather than GPU time. A trainer can instead keep one bfloat16 copy of the weights,
 refresh it once per optimizer step, and collect the copies' gradients (see
-``pipelines.low_precision``): the same values in far fewer kernel launches.
+``pipelines.training.low_precision``): the same values in far fewer kernel launches.
 """
 
 from __future__ import annotations

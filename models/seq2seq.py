@@ -40,7 +40,7 @@ class Seq2Seq(nn.Module, ABC):
     """
 
     # True when teacher-forced training never waits on the host (no data-dependent shapes), so
-    # its forward and backward pass can be captured as CUDA graphs (pipelines.cuda_graphs).
+    # its forward and backward pass can be captured as CUDA graphs (pipelines.training.cuda_graphs).
     graph_safe: bool = False
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:

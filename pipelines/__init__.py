@@ -1,0 +1,1 @@
+"""The NMT pipeline around ``models``; see README.md, section Layout."""

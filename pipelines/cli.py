@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipelines.errors import PipelineError, run_main, setup_logging
+from pipelines.core.errors import PipelineError, run_main, setup_logging
 
 log = logging.getLogger("nmt")
 
@@ -63,21 +63,21 @@ def check_device(device: str) -> str:
 
 def load_translator(model: str, device: str):
     """A Translator from an exported folder, or from the MLflow registry for a models:/ URI."""
-    from pipelines.translator import Translator
+    from pipelines.inference.translator import Translator
 
     if not model.startswith(("models:/", "runs:/")):
         return Translator.load(model, device=device)
-    from pipelines import tracking
-    from pipelines.registry import download_model_folder
+    from pipelines.tracking import runs
+    from pipelines.tracking.registry import download_model_folder
 
-    uri = tracking.tracking_uri()
+    uri = runs.tracking_uri()
     store = Path(uri.removeprefix("sqlite:///"))
     if uri.startswith("sqlite:///") and not store.exists():
         raise PipelineError(
             f"{model}: no MLflow store at {store}; run the pipeline here or set MLFLOW_TRACKING_URI"
         )
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    tracking.connect()
+    runs.connect()
     # Everything is read into memory on load, so the downloaded copy can go right after.
     with tempfile.TemporaryDirectory(prefix="nmt-model-") as tmp:
         return Translator.load(download_model_folder(model, tmp), device=device)
@@ -102,16 +102,16 @@ def cmd_translate(args: argparse.Namespace) -> None:
 
 def ui_command(host: str, port: int) -> tuple[list[str], dict[str, str]]:
     """The `mlflow server` command line and environment that `nmt ui` runs."""
-    from pipelines import tracking
+    from pipelines.tracking import runs
 
-    uri = tracking.tracking_uri()
+    uri = runs.tracking_uri()
     if uri.startswith(("http://", "https://")):
         raise PipelineError(f"MLFLOW_TRACKING_URI is a server already: open {uri} in a browser")
     store = Path(uri.removeprefix("sqlite:///"))
     if uri.startswith("sqlite:///") and not store.exists():
         # mlflow server would quietly create an empty store there (mlflow#23634).
         raise PipelineError(f"no MLflow store at {store}; run `dvc repro` first")
-    root = tracking.repo_root()
+    root = runs.repo_root()
     command = [
         sys.executable, "-m", "mlflow", "server",
         "--backend-store-uri", uri,
@@ -126,7 +126,7 @@ def ui_command(host: str, port: int) -> tuple[list[str], dict[str, str]]:
 
 
 def cmd_ui(args: argparse.Namespace) -> None:
-    from pipelines import tracking
+    from pipelines.tracking import runs
 
     command, env = ui_command(args.host, args.port)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -136,7 +136,7 @@ def cmd_ui(args: argparse.Namespace) -> None:
         "Ctrl-C stops it",
         args.host,
         args.port,
-        tracking.tracking_uri(),
+        runs.tracking_uri(),
     )
     sys.stderr.flush()
     # Become the server, so that Ctrl-C and a supervisor's SIGTERM reach it directly.
@@ -144,7 +144,7 @@ def cmd_ui(args: argparse.Namespace) -> None:
 
 
 def cmd_retrain(args: argparse.Namespace) -> None:
-    from pipelines.retrain import main as retrain_main
+    from pipelines.ops.retrain import main as retrain_main
 
     raise SystemExit(retrain_main(args))
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.params import deep_update
+from pipelines.core.params import deep_update
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from pipelines.averaging import (
+from pipelines.training.averaging import (
     average_checkpoints,
     average_state_dicts,
     epoch_checkpoint_callback,

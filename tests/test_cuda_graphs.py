@@ -12,8 +12,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from models import BOS_ID, PAD_ID, build_model
-from pipelines.cuda_graphs import CudaGraphsCallback, StepGraphs
-from pipelines.lit_module import TranslationModule, token_mean_loss
+from pipelines.training.cuda_graphs import CudaGraphsCallback, StepGraphs
+from pipelines.training.module import TranslationModule, token_mean_loss
 from tests.models.conftest import TINY_RECURRENT, TINY_TRANSFORMER
 from tests.training_helpers import TINY_OPTIM, quiet_trainer
 
@@ -206,7 +206,7 @@ def test_callback_stays_off_on_cpu_and_for_models_that_wait_on_the_host(caplog):
     callback = CudaGraphsCallback()
     trainer = SimpleNamespace(world_size=1)
     module = TranslationModule(TRANSFORMER, TINY_OPTIM, VOCAB, VOCAB)
-    with caplog.at_level("INFO", logger="pipelines.cuda_graphs"):
+    with caplog.at_level("INFO", logger="pipelines.training.cuda_graphs"):
         callback.on_fit_start(trainer, module)
     assert module.step_graphs is None
     assert "CUDA graphs off: training on cpu" in caplog.text

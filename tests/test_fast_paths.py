@@ -22,7 +22,7 @@ from models.attention import (
     use_cudnn_attention,
 )
 from models.attention import scaled_dot_product_attention as explicit_attention
-from pipelines.lit_module import label_smoothed_nll
+from pipelines.training.module import label_smoothed_nll
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -194,7 +194,7 @@ def restore_cudnn_attention():
 
 
 def test_train_stage_default_leaves_cudnn_out_of_sdpa(restore_cudnn_attention):
-    from pipelines.params import TrainParams
+    from pipelines.core.params import TrainParams
 
     use_cudnn_attention(True)
     assert torch.backends.cuda.cudnn_sdp_enabled()

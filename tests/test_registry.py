@@ -10,8 +10,9 @@ import uuid
 import pandas as pd
 import pytest
 
-from pipelines import pyfunc_model, registry, tracking
-from pipelines.errors import PipelineError
+from pipelines.core.errors import PipelineError
+from pipelines.inference import pyfunc_model
+from pipelines.tracking import registry, runs
 from tests.pipeline_helpers import SHARED, git
 
 HEX40 = re.compile(r"^[0-9a-f]{40}$")
@@ -78,7 +79,7 @@ def test_staged_code_is_only_what_a_translator_needs(tmp_path):
     assert pipelines == sorted(pyfunc_model.PIPELINES_MODULES)
     assert (tmp_path / "models" / "search.py").exists()
     assert not list(tmp_path.rglob("__pycache__"))
-    assert HEX64.match(tracking.code_digest(code_paths))
+    assert HEX64.match(runs.code_digest(code_paths))
 
 
 # --- on the tiny pipeline's store --------------------------------------------------------------
@@ -132,7 +133,7 @@ def source_sentences(repo, count: int) -> list[str]:
 def test_every_architecture_run_carries_its_lineage(tiny_pipeline, store, arch_runs):
     import yaml
 
-    from pipelines.params import flatten, load_params
+    from pipelines.core.params import flatten, load_params
 
     repo = tiny_pipeline.repo
     params = load_params(repo / "params.yaml")
@@ -260,7 +261,7 @@ def test_registering_the_same_model_again_reuses_its_version(tiny_pipeline, stor
 def test_champion_alias_loads_with_pyfunc_and_translates(tiny_pipeline, store, champion):
     import mlflow
 
-    from pipelines.translator import Translator
+    from pipelines.inference.translator import Translator
 
     name = tiny_pipeline.params["tracking"]["registered_model"]
     repo = tiny_pipeline.repo
@@ -286,7 +287,7 @@ def test_champion_and_challenger_load_side_by_side(tiny_pipeline, store, champio
     """Two models in one process each answer with their own weights (mlflow PR #12471)."""
     import mlflow
 
-    from pipelines.translator import Translator
+    from pipelines.inference.translator import Translator
 
     repo, name = tiny_pipeline.repo, tiny_pipeline.params["tracking"]["registered_model"]
     challenger_arch = next(
@@ -347,9 +348,9 @@ def test_each_model_runs_its_own_logged_code(tiny_pipeline, champion, tmp_path):
     sentences = source_sentences(tiny_pipeline.repo, 3)
     assert patched.predict(sentences) == ["patched"] * 3
     assert original.predict(sentences) != ["patched"] * 3
-    import pipelines.translator  # the caller's own modules are back in place
+    import pipelines.inference.translator  # the caller's own modules are back in place
 
-    assert pipelines.translator.__file__.startswith(str(pyfunc_model.PROJECT_ROOT))
+    assert pipelines.inference.translator.__file__.startswith(str(pyfunc_model.PROJECT_ROOT))
 
 
 @on_pipeline

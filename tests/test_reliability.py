@@ -16,7 +16,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipelines.params import load_params
+from pipelines.core.params import load_params
 from tests.training_helpers import (
     clone_workspace,
     make_workspace,
@@ -57,7 +57,7 @@ def runs(workspace: Path):
 
 def run_until_checkpoint_then_kill(workspace: Path, wait_for: str) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.train", "--arch", "transformer"],
+        [sys.executable, "-m", "pipelines.stages.train", "--arch", "transformer"],
         cwd=workspace,
         env=workspace_env(),
         stdout=subprocess.DEVNULL,
@@ -136,7 +136,7 @@ def test_kill_between_temporary_write_and_rename_keeps_the_previous_checkpoint(w
     driver = textwrap.dedent(
         """
         import os, signal, sys
-        import pipelines.train as train
+        import pipelines.stages.train as train
         saves = []
         real_replace = os.replace
         def replace(src, dst):
@@ -167,7 +167,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(worksp
     driver = textwrap.dedent(
         """
         import torch
-        import pipelines.lit_module as lit
+        import pipelines.training.module as lit
         real = lit.label_smoothed_nll
         def poisoned(logits, target, smoothing):
             smoothed, nll = real(logits, target, smoothing)
@@ -177,7 +177,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(worksp
             return smoothed, nll
         poisoned.calls, poisoned.after = 0, STEPS
         lit.label_smoothed_nll = poisoned
-        from pipelines.train import main
+        from pipelines.stages.train import main
         main(["--arch", "transformer"])
         """
     )
@@ -201,8 +201,8 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(worksp
 
 
 def _steps_per_epoch(workspace: Path) -> int:
-    from pipelines.batching import TokenBucketBatchSampler
-    from pipelines.tokenizer import load_split
+    from pipelines.stages.tokenizer import load_split
+    from pipelines.training.batching import TokenBucketBatchSampler
 
     params = load_params(workspace / "params.yaml")
     split = load_split(workspace / "data" / "tokenized", "train")
@@ -245,7 +245,7 @@ BAD_PARAMS = [
 def test_bad_params_are_rejected_before_any_work_naming_the_key(
     workspace, tmp_path, override, named
 ):
-    from pipelines.params import deep_update
+    from pipelines.core.params import deep_update
 
     params = deep_update(yaml.safe_load((workspace / "params.yaml").read_text()), override)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines import registry, retrain, runlock
+from pipelines.tracking import registry, retrain, runlock
 from tests.pipeline_helpers import (
     SHARED,
     cut_corpus,
@@ -349,8 +349,8 @@ def test_warm_start_takes_the_champions_weights_only_when_they_fit(setup, tmp_pa
     from safetensors.torch import load_file
 
     from models import build_model
-    from pipelines.train import warm_start
-    from pipelines.vocab import Tokenizers
+    from pipelines.data.vocab import Tokenizers
+    from pipelines.stages.train import warm_start
 
     folder = setup.deploy / "artifacts" / "transformer"  # trained on the current vocabulary
     config = json.loads((folder / "config.json").read_text())

@@ -5,8 +5,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from pipelines import train
-from pipelines.params import load_params
+from pipelines.core.params import load_params
+from pipelines.stages import train
 from tests.pipeline_helpers import REPO
 
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from pipelines import cli
-from pipelines.errors import EXIT_USER_ERROR, PipelineError
+from pipelines.core.errors import EXIT_USER_ERROR, PipelineError
 from tests.pipeline_helpers import SHARED, project_env
 
 

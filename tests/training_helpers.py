@@ -13,7 +13,7 @@ from typing import Any
 import lightning.pytorch as pl
 import yaml
 
-from pipelines.params import deep_update
+from pipelines.core.params import deep_update
 from tests.pipeline_helpers import REPO, project_env, tiny_corpus, tiny_params
 
 FIXTURE_CORPUS = tiny_corpus()
@@ -97,7 +97,7 @@ def workspace_env() -> dict[str, str]:
 KILL_INSIDE_SECOND_EPOCH = textwrap.dedent(
     """
     import os, signal
-    import pipelines.train as train
+    import pipelines.stages.train as train
     real = train.AtomicCheckpointIO.save_checkpoint
     def save(self, checkpoint, path, storage_options=None):
         real(self, checkpoint, path, storage_options)

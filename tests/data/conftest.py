@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.params import DataParams, PrepareParams, TokenizerParams
-from pipelines.prepare import prepare
-from pipelines.tokenizer import tokenize
+from pipelines.core.params import DataParams, PrepareParams, TokenizerParams
+from pipelines.stages.prepare import prepare
+from pipelines.stages.tokenizer import tokenize
 from tests.pipeline_helpers import tiny_corpus
 
 REPO = Path(__file__).resolve().parents[2]

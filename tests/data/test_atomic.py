@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
+from pipelines.core.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
 def test_write_helpers(tmp_path: Path) -> None:

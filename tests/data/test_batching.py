@@ -10,9 +10,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from models.vocab import BOS_ID, EOS_ID, PAD_ID
-from pipelines.batching import TokenBucketBatchSampler, TranslationDataset, batch_stats, collate
-from pipelines.errors import PipelineError
-from pipelines.tokenizer import TokenizedSplit, load_split
+from pipelines.training.batching import TokenBucketBatchSampler, TranslationDataset, batch_stats, collate
+from pipelines.core.errors import PipelineError
+from pipelines.stages.tokenizer import TokenizedSplit, load_split
 
 BUDGETS = [64, 150, 256, 333, 1000]
 
@@ -148,7 +148,7 @@ def test_resume_mid_epoch(train_split: TokenizedSplit) -> None:
 def test_training_loader_state_is_the_position_the_loop_reached(
     train_split: TokenizedSplit, accumulate: int
 ) -> None:
-    from pipelines.datamodule import ResumableDataLoader
+    from pipelines.training.datamodule import ResumableDataLoader
 
     def loader(seed: int) -> ResumableDataLoader:
         sampler = samplers(train_split, 2, 256, seed=seed, accumulate=accumulate)[1]

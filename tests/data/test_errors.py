@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from models.config import ConfigError
-from pipelines.errors import EXIT_USER_ERROR, PipelineError, run_main
+from pipelines.core.errors import EXIT_USER_ERROR, PipelineError, run_main
 
 
 @pytest.mark.parametrize(

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from models.config import ConfigError, from_dict
-from pipelines import prepare as prepare_module
-from pipelines.errors import PipelineError
-from pipelines.params import DataParams, PrepareParams
-from pipelines.prepare import FILTERS, is_local, normalize_text, prepare, read_pairs
+from pipelines.stages import prepare as prepare_module
+from pipelines.core.errors import PipelineError
+from pipelines.core.params import DataParams, PrepareParams
+from pipelines.stages.prepare import FILTERS, is_local, normalize_text, prepare, read_pairs
 
 from .conftest import REPO, TEST_SPLITS, TINY_CORPUS, pair, stage_params, tiny_data, write_jsonl
 
@@ -423,7 +423,7 @@ def test_hub_load_failure_is_a_user_error(tmp_path: Path, monkeypatch: pytest.Mo
 
 def run_stage(tmp_path: Path, params: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "hf"), "HF_DATASETS_OFFLINE": "1"}
-    command = [sys.executable, "-m", "pipelines.prepare", "--params", str(params)]
+    command = [sys.executable, "-m", "pipelines.stages.prepare", "--params", str(params)]
     command += ["--out", str(tmp_path / "out"), "--metrics", str(tmp_path / "metrics.json")]
     return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
 
@@ -474,7 +474,7 @@ def test_stage_writes_outputs_and_metrics(tmp_path: Path) -> None:
 
 def test_help() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.prepare", "--help"],
+        [sys.executable, "-m", "pipelines.stages.prepare", "--help"],
         cwd=REPO,
         capture_output=True,
         text=True,

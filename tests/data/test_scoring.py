@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import sacrebleu
 
-from pipelines.evaluate import paired_bootstrap, sacrebleu_tokenizer, score
+from pipelines.stages.evaluate import paired_bootstrap, sacrebleu_tokenizer, score
 
 REFERENCES = [
     "Ein Mann fährt Fahrrad auf der Straße.",

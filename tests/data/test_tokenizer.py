@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from models.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from pipelines.errors import PipelineError
-from pipelines.params import TokenizerParams
-from pipelines.prepare import read_pairs
-from pipelines.tokenizer import TokenizedSplit, load_split, tokenize, train_sentencepiece
-from pipelines.vocab import Tokenizers
+from pipelines.core.errors import PipelineError
+from pipelines.core.params import TokenizerParams
+from pipelines.stages.prepare import read_pairs
+from pipelines.stages.tokenizer import TokenizedSplit, load_split, tokenize, train_sentencepiece
+from pipelines.data.vocab import Tokenizers
 
 from .conftest import REPO, TEST_SPLITS, TINY_VOCAB, stage_params
 
@@ -164,7 +164,7 @@ def test_tokenized_split_from_ids() -> None:
 
 def run_stage(tmp_path: Path, prepared: Path, **tokenizer) -> subprocess.CompletedProcess:
     params = stage_params(tmp_path, tokenizer=tokenizer)
-    command = [sys.executable, "-m", "pipelines.tokenizer", "--params", str(params)]
+    command = [sys.executable, "-m", "pipelines.stages.tokenizer", "--params", str(params)]
     command += ["--prepared", str(prepared), "--out", str(tmp_path / "out")]
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
 

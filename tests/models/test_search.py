@@ -3,8 +3,9 @@ import itertools
 import pytest
 import torch
 
-from models import BOS_ID, EOS_ID, UNK_ID, beam_search, greedy_search
-from models.search import gnmt_length_penalty
+from models import BOS_ID, EOS_ID, UNK_ID
+from pipelines.core.decoding import greedy_search
+from pipelines.inference.search import beam_search, gnmt_length_penalty
 
 SENTENCES = [[4, 5, 6, 7, 8, 3], [9, 10, 3], [11, 12, 13, 14, 3], [15, 3]]
 

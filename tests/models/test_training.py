@@ -3,7 +3,8 @@
 import torch
 import torch.nn.functional as F
 
-from models import BOS_ID, EOS_ID, PAD_ID, greedy_search
+from models import BOS_ID, EOS_ID, PAD_ID
+from pipelines.core.decoding import greedy_search
 
 # Source -> target pairs over a 20-token vocabulary; targets differ in length and order.
 PAIRS = [

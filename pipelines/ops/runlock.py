@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pipelines.atomic import atomic_write_text
+from pipelines.core.atomic import atomic_write_text
 
 log = logging.getLogger("nmt.lock")
 

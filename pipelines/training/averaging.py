@@ -20,7 +20,7 @@ import sacrebleu
 import torch
 from torch import Tensor
 
-from models import greedy_search
+from pipelines.core.decoding import greedy_search
 
 log = logging.getLogger("nmt.averaging")
 
@@ -208,8 +208,8 @@ def apply_checkpoint_average(
     """
     from torch.utils.data import DataLoader
 
-    from pipelines.batching import TokenBucketBatchSampler, TranslationDataset, collate
-    from pipelines.tokenizer import load_split
+    from pipelines.stages.tokenizer import load_split
+    from pipelines.training.batching import TokenBucketBatchSampler, TranslationDataset, collate
 
     paths = last_epoch_checkpoints(folder, count)
     if len(paths) < 2:

@@ -73,11 +73,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.atomic import atomic_path, atomic_write_json
-from pipelines.errors import PipelineError, run_main, setup_logging
-from pipelines.params import DEFAULT_PARAMS, DataParams, PrepareParams, load_params
+from pipelines.core.atomic import atomic_path, atomic_write_json
+from pipelines.core.errors import PipelineError, run_main, setup_logging
+from pipelines.core.params import DEFAULT_PARAMS, DataParams, PrepareParams, load_params
 
-logger = logging.getLogger("pipelines.prepare")  # not __main__ under `python -m`
+logger = logging.getLogger("pipelines.stages.prepare")  # not __main__ under `python -m`
 
 DEFAULT_OUT = Path("data/prepared")
 DEFAULT_METRICS = Path("metrics/prepare.json")
@@ -538,7 +538,7 @@ def read_pairs(prepared: str | Path, split: str) -> tuple[list[str], list[str]]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.prepare",
+        prog="python -m pipelines.stages.prepare",
         description=(
             "Load the parallel corpus named by data.dataset (local folder of <split>.jsonl[.gz] "
             "or a Hugging Face Hub id), validate it, normalize every split, filter the training "

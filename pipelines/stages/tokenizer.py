@@ -31,14 +31,14 @@ import numpy as np
 import sentencepiece as spm
 
 from models.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from pipelines.atomic import atomic_path
-from pipelines.errors import PipelineError, run_main, setup_logging
-from pipelines.params import DEFAULT_PARAMS, TokenizerParams, load_params
-from pipelines.prepare import DEFAULT_OUT as DEFAULT_PREPARED
-from pipelines.prepare import read_manifest, read_pairs
-from pipelines.vocab import JOINT_MODEL, META_FILE, SPECIAL_IDS, SRC_MODEL, TGT_MODEL
+from pipelines.core.atomic import atomic_path
+from pipelines.core.errors import PipelineError, run_main, setup_logging
+from pipelines.core.params import DEFAULT_PARAMS, TokenizerParams, load_params
+from pipelines.data.vocab import JOINT_MODEL, META_FILE, SPECIAL_IDS, SRC_MODEL, TGT_MODEL
+from pipelines.stages.prepare import DEFAULT_OUT as DEFAULT_PREPARED
+from pipelines.stages.prepare import read_manifest, read_pairs
 
-logger = logging.getLogger("pipelines.tokenizer")  # not __main__ under `python -m`
+logger = logging.getLogger("pipelines.stages.tokenizer")  # not __main__ under `python -m`
 
 DEFAULT_OUT = Path("data/tokenized")
 # Part of the model's TrainerSpec, so fixed: a different count would change the model bytes.
@@ -268,7 +268,7 @@ def _json(obj: Any) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.tokenizer",
+        prog="python -m pipelines.stages.tokenizer",
         description=(
             "Train SentencePiece on the prepared training split (joint or per side, per "
             "tokenizer.* params) and encode every prepared split into <out>/<split>.npz."

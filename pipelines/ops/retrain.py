@@ -1,6 +1,6 @@
 """`nmt retrain`: one idempotent pass of scheduled retraining, safe to run from any scheduler.
 
-1. Take the run lock (:mod:`pipelines.runlock`); a second run exits with ``EXIT_LOCKED``.
+1. Take the run lock (:mod:`pipelines.ops.runlock`); a second run exits with ``EXIT_LOCKED``.
 2. Bring in the latest data version: ``git pull --ff-only`` and ``dvc pull`` of the corpus pointer
    when the branch has an upstream; otherwise the workspace is used as it is (a corpus folder must
    match its ``.dvc`` pointer, i.e. be ``dvc add``-ed; a Hub corpus is versioned by
@@ -41,11 +41,11 @@ from pathlib import Path
 from typing import Any
 
 from models.config import ConfigError
-from pipelines import registry, tracking
-from pipelines.atomic import atomic_write_json
-from pipelines.errors import PipelineError
-from pipelines.params import Params, load_params
-from pipelines.runlock import LockHeld, RunLock
+from pipelines.core.atomic import atomic_write_json
+from pipelines.core.errors import PipelineError
+from pipelines.core.params import Params, load_params
+from pipelines.ops.runlock import LockHeld, RunLock
+from pipelines.tracking import registry, runs
 
 log = logging.getLogger("nmt.retrain")
 
@@ -226,8 +226,8 @@ def score_folder(
 
     Returns the hypotheses and the scores kept in the decision record.
     """
-    from pipelines.evaluate import translate_and_score
-    from pipelines.translator import Translator
+    from pipelines.inference.translator import Translator
+    from pipelines.stages.evaluate import translate_and_score
 
     split_file = root / "data" / "prepared" / f"{split}.jsonl"
     hypotheses, result = translate_and_score(Translator.load(folder), split_file, params.evaluate)
@@ -238,7 +238,7 @@ def significance(
     hypotheses: dict[str, list[str]], split: str, root: Path, tgt_lang: str
 ) -> dict[str, Any]:
     """Paired bootstrap of the challenger's translations against the champion's."""
-    from pipelines.evaluate import paired_bootstrap, read_pairs
+    from pipelines.stages.evaluate import paired_bootstrap, read_pairs
 
     _, references = read_pairs(root / "data" / "prepared" / f"{split}.jsonl")
     return paired_bootstrap(hypotheses["champion"], hypotheses["challenger"], references, tgt_lang)
@@ -253,7 +253,7 @@ def retrain(root: Path, params_file: Path, decision: Decision, lock: RunLock) ->
     split = promotion_split(params)
     name = params.tracking.registered_model
     status = pipeline_status(root, params)
-    client = tracking.connect()
+    client = runs.connect()
     champion = registry.champion_version(name, client=client)
     if champion is None:
         why = "no champion yet"
@@ -319,7 +319,7 @@ def run_pipeline(
     root: Path, start: str, champion_dir: Path | None, decision: Decision, lock: RunLock
 ) -> None:
     """``dvc repro``, told to leave registering to us, warm-starting from the champion if asked."""
-    from pipelines.train import INIT_FROM_ENV
+    from pipelines.stages.train import INIT_FROM_ENV
 
     env = {**os.environ, registry.DEFER_ENV: "1"}
     env.pop(INIT_FROM_ENV, None)
@@ -347,7 +347,7 @@ def describe_pass(
 ) -> None:
     """Scores, split, signature and the data and code versions of both models, into `record`."""
     manifest = json.loads((root / "data" / "prepared" / "manifest.json").read_text())
-    lineage = tracking.lineage_tags(params.data.dataset)
+    lineage = runs.lineage_tags(params.data.dataset)
     record.update(
         signature=scores["challenger"]["signature"],
         split_sha256=manifest["splits"][split]["sha256"],
@@ -450,7 +450,7 @@ def _raise_on_signal(signum: int, frame) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """`nmt retrain`: returns the exit code (see the module docstring and `nmt retrain --help`)."""
-    root = tracking.repo_root()
+    root = runs.repo_root()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     lock = RunLock(root / args.lock)
     try:

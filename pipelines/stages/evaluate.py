@@ -16,11 +16,11 @@ from typing import Any
 
 import sacrebleu
 
-from pipelines import tracking
-from pipelines.atomic import atomic_path, atomic_write_json
-from pipelines.errors import PipelineError, run_main, setup_logging
-from pipelines.params import EvaluateParams, load_params
-from pipelines.translator import Translator
+from pipelines.core.atomic import atomic_path, atomic_write_json
+from pipelines.core.errors import PipelineError, run_main, setup_logging
+from pipelines.core.params import EvaluateParams, load_params
+from pipelines.inference.translator import Translator
+from pipelines.tracking import runs
 
 log = logging.getLogger("nmt.evaluate")
 
@@ -158,9 +158,9 @@ def log_to_mlflow(
     validation_sources: list[str],
 ) -> None:
     """Test metrics, signatures, hypotheses and attention heatmaps on the architecture's run."""
-    from pipelines.plots import attention_heatmap
+    from pipelines.reports.plots import attention_heatmap
 
-    client = tracking.connect()
+    client = runs.connect()
     for split, values in metrics.items():
         client.log_metric(run_id, f"test/{split}/bleu", values["bleu"])
         client.log_metric(run_id, f"test/{split}/chrf", values["chrf"])
@@ -187,7 +187,7 @@ def log_to_mlflow(
 @run_main
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.evaluate",
+        prog="python -m pipelines.stages.evaluate",
         description="Beam-search every test split with artifacts/<arch> and score it with "
         "sacreBLEU (DVC stage evaluate@<arch>). Writes metrics/<arch>.json and hypotheses/<arch>/.",
     )

@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models import PAD_ID, build_model, greedy_search
-from pipelines.cuda_graphs import StepGraphs
+from models import PAD_ID, build_model
+from pipelines.core.decoding import greedy_search
+from pipelines.training.cuda_graphs import StepGraphs
 
 
 class DivergenceError(RuntimeError):

@@ -26,16 +26,16 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 from models import PAD_ID
 from models.attention import use_cudnn_attention
-from pipelines import tracking
-from pipelines.atomic import atomic_path, atomic_write_json, atomic_write_text
-from pipelines.averaging import apply_checkpoint_average, epoch_checkpoint_callback
-from pipelines.cuda_graphs import CudaGraphsCallback
-from pipelines.datamodule import TranslationDataModule
-from pipelines.errors import PipelineError, run_main, setup_logging
-from pipelines.lit_module import DivergenceError, TranslationModule
-from pipelines.low_precision import LowPrecisionWeightsCallback
-from pipelines.params import Params, load_params
-from pipelines.vocab import Tokenizers
+from pipelines.core.atomic import atomic_path, atomic_write_json, atomic_write_text
+from pipelines.core.errors import PipelineError, run_main, setup_logging
+from pipelines.core.params import Params, load_params
+from pipelines.data.vocab import Tokenizers
+from pipelines.tracking import runs
+from pipelines.training.averaging import apply_checkpoint_average, epoch_checkpoint_callback
+from pipelines.training.cuda_graphs import CudaGraphsCallback
+from pipelines.training.datamodule import TranslationDataModule
+from pipelines.training.low_precision import LowPrecisionWeightsCallback
+from pipelines.training.module import DivergenceError, TranslationModule
 
 log = logging.getLogger("nmt.train")
 
@@ -162,12 +162,12 @@ def write_history(path: Path, rows: list[dict[str, float]]) -> None:
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def code_digest(root: Path = PROJECT_ROOT) -> str:
     """Digest of the code that trains: every .py file of models/ and pipelines/ under `root`."""
-    return tracking.code_digest([root / "models", root / "pipelines"])
+    return runs.code_digest([root / "models", root / "pipelines"])
 
 
 def fingerprint(params: Params, arch: str, tokenized: Path) -> str:
@@ -253,7 +253,7 @@ def prepare_checkpoint_dir(ckpt_dir: Path, key: str, client) -> Path | None:
         if saved.get("fingerprint") == key and last.exists():
             return last
         if saved.get("run_id"):
-            tracking.finish_stale_run(
+            runs.finish_stale_run(
                 client, saved["run_id"], "superseded by a new configuration or code"
             )
     shutil.rmtree(ckpt_dir, ignore_errors=True)
@@ -322,9 +322,9 @@ def open_run(
     """
     ckpt_dir = paths.checkpoints / arch
     resume_from = prepare_checkpoint_dir(ckpt_dir, key, client)
-    exp_id = tracking.experiment_id(client, params.experiment_name)
-    pipeline_key = tracking.pipeline_key(params_file, params.data.dataset)
-    parent_id = tracking.parent_run_id(client, exp_id, pipeline_key, f"pipeline-{pipeline_key[:8]}")
+    exp_id = runs.experiment_id(client, params.experiment_name)
+    pipeline_key = runs.pipeline_key(params_file, params.data.dataset)
+    parent_id = runs.parent_run_id(client, exp_id, pipeline_key, f"pipeline-{pipeline_key[:8]}")
     if resume_from is not None:
         run_id = json.loads((ckpt_dir / "fingerprint.json").read_text())["run_id"]
         log.info(
@@ -335,14 +335,14 @@ def open_run(
         return run_id, parent_id, resume_from
     tags = {
         "mlflow.parentRunId": parent_id,
-        tracking.ARCH_TAG: arch,
-        **tracking.lineage_tags(params.data.dataset),
+        runs.ARCH_TAG: arch,
+        **runs.lineage_tags(params.data.dataset),
     }
     run_id = client.create_run(exp_id, run_name=arch, tags=tags).info.run_id
     atomic_write_json(ckpt_dir / "fingerprint.json", {"fingerprint": key, "run_id": run_id})
-    tracking.log_params(client, run_id, params.flat() | {"arch": arch})
+    runs.log_params(client, run_id, params.flat() | {"arch": arch})
     manifest = json.loads((paths.prepared / "manifest.json").read_text())
-    tracking.log_dataset_inputs(client, run_id, manifest)
+    runs.log_dataset_inputs(client, run_id, manifest)
     for model_file in tokenizers.model_files:
         client.log_artifact(run_id, str(model_file), artifact_path="tokenizer")
     return run_id, parent_id, None
@@ -401,7 +401,7 @@ def build_trainer(
         )
     logger = MLFlowLogger(
         experiment_name=params.experiment_name,
-        tracking_uri=tracking.tracking_uri(),
+        tracking_uri=runs.tracking_uri(),
         run_id=run_id,
     )
     trainer = pl.Trainer(
@@ -433,7 +433,7 @@ def train(arch: str, params: Params, paths: TrainPaths, params_file: Path) -> di
     tokenizers = Tokenizers.load(paths.tokenized)
     ckpt_dir = paths.checkpoints / arch
     key = fingerprint(params, arch, paths.tokenized)
-    client = tracking.connect()  # fails fast, before any training, if the server does not answer
+    client = runs.connect()  # fails fast, before any training, if the server does not answer
 
     is_zero = launch_rank() == 0
     run_id = parent_id = None
@@ -524,7 +524,7 @@ def train(arch: str, params: Params, paths: TrainPaths, params_file: Path) -> di
         "tokens_per_sec": round(sum(rates) / max(len(rates), 1), 1),
         "global_batch_tokens": global_batch,
         "world_size": trainer.world_size,
-        "device": tracking.lineage_tags(params.data.dataset)["device"],
+        "device": runs.lineage_tags(params.data.dataset)["device"],
         "checkpoint_average": averaging.as_dict() if averaging else None,
     }
     atomic_write_json(paths.artifacts / arch / "training.json", summary)
@@ -536,7 +536,7 @@ def train(arch: str, params: Params, paths: TrainPaths, params_file: Path) -> di
 @run_main
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.train",
+        prog="python -m pipelines.stages.train",
         description="Train one architecture from params.yaml (DVC stage train@<arch>). "
         "Resumes from checkpoints/<arch>/last.ckpt after a killed run of the same configuration.",
     )

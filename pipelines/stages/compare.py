@@ -19,11 +19,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipelines import registry, tracking
-from pipelines.atomic import atomic_write_text
-from pipelines.errors import PipelineError, run_main, setup_logging
-from pipelines.params import load_params
-from pipelines.plots import bleu_bars, validation_curves
+from pipelines.core.atomic import atomic_write_text
+from pipelines.core.errors import PipelineError, run_main, setup_logging
+from pipelines.core.params import load_params
+from pipelines.reports.plots import bleu_bars, validation_curves
+from pipelines.tracking import registry, runs
 
 log = logging.getLogger("nmt.compare")
 
@@ -119,7 +119,7 @@ def log_to_parent(rows: list[dict[str, Any]], root: Path, reports: Path) -> None
     parent_id = summary.get("parent_run_id")
     if not parent_id:
         return
-    client = tracking.connect()
+    client = runs.connect()
     for name in REPORT_FILES:
         client.log_artifact(parent_id, str(reports / name), artifact_path="comparison")
     for row in rows:
@@ -152,7 +152,7 @@ def register_best(
 ) -> registry.Promotion:
     """Register the best architecture's model and record the outcome on the parent run."""
     best = best_row(rows, split)
-    client = tracking.connect()
+    client = runs.connect()
     promotion = registry.register_and_promote(
         best["run_id"],
         root / "artifacts" / best["architecture"],
@@ -178,7 +178,7 @@ def register_best(
 @run_main
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.compare",
+        prog="python -m pipelines.stages.compare",
         description="Compare every architecture in params.yaml: reports/comparison.{md,csv} "
         "and PNG plots (DVC stage compare).",
     )

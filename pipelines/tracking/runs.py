@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import PipelineError
+from pipelines.core.errors import PipelineError
 
 PARENT_KEY_TAG = "pipeline.key"
 ARCH_TAG = "architecture"

@@ -93,7 +93,7 @@ class LowPrecisionWeightsCallback(pl.Callback):
 
     Inactive in any other precision and with more than one process: DDP reduces the gradients of
     the parameters the forward pass used, and the float32 parameters would not be among them.
-    Inactive with CUDA graphs (`pipelines.cuda_graphs`), whose replays cast on the GPU alone.
+    Inactive with CUDA graphs (`pipelines.training.cuda_graphs`), whose replays cast on the GPU alone.
     """
 
     def __init__(self) -> None:

@@ -2,7 +2,7 @@
 
 The exported folder (``model.safetensors``, ``config.json``, ``tokenizer/``) travels as the model's
 artifact ``model_dir``; the code that reads it (``models/`` and the few ``pipelines`` modules the
-:class:`~pipelines.translator.Translator` needs) travels as ``code_paths``. Each loaded model
+:class:`~pipelines.inference.translator.Translator` needs) travels as ``code_paths``. Each loaded model
 imports that code afresh from its own copy, so a champion and a challenger logged from different
 commits can be loaded side by side in one process without sharing a cached module (mlflow#12471).
 """
@@ -32,7 +32,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "max_len_margin": 50,
     "batch_size": 64,
 }
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def sentences_from(model_input: Any) -> list[str]:
@@ -92,14 +92,14 @@ def own_code(code_dir: Path) -> Iterator[None]:
 
 
 class TranslatorModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper of :class:`~pipelines.translator.Translator` (weights via safetensors)."""
+    """pyfunc wrapper of :class:`~pipelines.inference.translator.Translator` (weights via safetensors)."""
 
     def load_context(self, context) -> None:
         model_dir = Path(context.artifacts[MODEL_DIR_KEY])
         device = (context.model_config or {}).get("device", "cpu")
         # A logged model is laid out as <model>/artifacts/<folder> beside <model>/code/.
         with own_code(model_dir.parents[1] / "code"):
-            translator = importlib.import_module("pipelines.translator")
+            translator = importlib.import_module("pipelines.inference.translator")
             self.translator = translator.Translator.load(model_dir, device=device)
 
     def predict(
@@ -145,8 +145,8 @@ def log_pyfunc_model(
 
     from mlflow.models import infer_signature
 
-    from pipelines import tracking
-    from pipelines.translator import Translator
+    from pipelines.inference.translator import Translator
+    from pipelines.tracking import runs
 
     # An unnamed string column: a list, a Series or a one-column DataFrame all pass MLflow's
     # schema check (a named column would turn a plain list away before predict sees it).
@@ -162,5 +162,5 @@ def log_pyfunc_model(
             signature=signature,
             input_example=input_example,
             pip_requirements=pip_requirements(),
-            metadata={"code_sha256": tracking.code_digest(code_paths), **(metadata or {})},
+            metadata={"code_sha256": runs.code_digest(code_paths), **(metadata or {})},
         )

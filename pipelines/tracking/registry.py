@@ -1,6 +1,6 @@
 """The MLflow model registry: register translators, move the `champion` alias, fetch one back.
 
-A version is the pyfunc model of :mod:`pipelines.pyfunc_model`, logged into the architecture's run.
+A version is the pyfunc model of :mod:`pipelines.inference.pyfunc_model`, logged into the architecture's run.
 Aliases, not the deprecated stages, mark the model in use (mlflow#10336). Every promotion tags the
 new champion with the previous champion, the score delta and the time, and the old one with when
 and by whom it was replaced, so the registry keeps a history of who was champion when (mlflow#2169).
@@ -15,8 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pipelines import tracking
-from pipelines.errors import PipelineError
+from pipelines.core.errors import PipelineError
+from pipelines.tracking import runs
 
 log = logging.getLogger("nmt.registry")
 
@@ -42,7 +42,7 @@ class Promotion:
 
 
 def _client(client=None):
-    return client if client is not None else tracking.connect()
+    return client if client is not None else runs.connect()
 
 
 def model_sha256(model_dir: Path) -> str:
@@ -69,7 +69,7 @@ def log_and_register(
     """
     import mlflow
 
-    from pipelines.pyfunc_model import log_pyfunc_model
+    from pipelines.inference.pyfunc_model import log_pyfunc_model
 
     client = _client(client)
     model_dir = Path(model_dir)
@@ -83,7 +83,7 @@ def log_and_register(
     run = client.get_run(run_id)
     tags = {
         SHA_TAG: sha,
-        tracking.ARCH_TAG: run.data.tags.get(tracking.ARCH_TAG, ""),
+        runs.ARCH_TAG: run.data.tags.get(runs.ARCH_TAG, ""),
         "git.commit": run.data.tags.get("git.commit", ""),
         "nmt.parent_run_id": run.data.tags.get("mlflow.parentRunId", ""),
     }
@@ -97,7 +97,7 @@ def log_and_register(
         client.set_terminated(run_id, status=run.info.status, end_time=run.info.end_time)
     version = mlflow.register_model(info.model_uri, registered_name, tags=tags)
     client.update_model_version(
-        registered_name, version.version, description=f"{tags[tracking.ARCH_TAG]} from run {run_id}"
+        registered_name, version.version, description=f"{tags[runs.ARCH_TAG]} from run {run_id}"
     )
     log.info("registered %s version %s from run %s", registered_name, version.version, run_id)
     return str(version.version)
@@ -258,13 +258,13 @@ def download_model_folder(uri: str, dst_path: str | Path | None = None) -> Path:
     """The exported model folder inside a registered or logged pyfunc model, downloaded locally.
 
     `uri` is ``models:/<name>@<alias>``, ``models:/<name>/<version>`` or
-    ``runs:/<run_id>/translator``; the tracking URI must already be set (``tracking.connect()``).
+    ``runs:/<run_id>/translator``; the tracking URI must already be set (``runs.connect()``).
     """
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model
 
-    from pipelines.pyfunc_model import MODEL_DIR_KEY
+    from pipelines.inference.pyfunc_model import MODEL_DIR_KEY
 
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst_path))
@@ -275,6 +275,8 @@ def download_model_folder(uri: str, dst_path: str | Path | None = None) -> Path:
         model = Model.load(local)
         folder = local / model.flavors["python_function"]["artifacts"][MODEL_DIR_KEY]["path"]
     except (MlflowException, OSError, KeyError) as err:
-        raise PipelineError(f"{uri}: not a translator logged by pipelines.registry") from err
+        raise PipelineError(
+            f"{uri}: not a translator logged by pipelines.tracking.registry"
+        ) from err
     log.info("%s: the %s model logged in run %s", uri, folder.name, model.run_id)
     return folder

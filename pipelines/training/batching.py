@@ -18,8 +18,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from models.vocab import BOS_ID, EOS_ID, PAD_ID
-from pipelines.errors import PipelineError
-from pipelines.tokenizer import TokenizedSplit
+from pipelines.core.errors import PipelineError
+from pipelines.stages.tokenizer import TokenizedSplit
 
 
 class Example(NamedTuple):

@@ -15,7 +15,7 @@ from typing import Any
 import sentencepiece as spm
 
 from models.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
-from pipelines.errors import PipelineError
+from pipelines.core.errors import PipelineError
 
 META_FILE = "tokenizer.json"
 JOINT_MODEL = "spm.model"

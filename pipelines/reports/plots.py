@@ -11,10 +11,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from pipelines.atomic import atomic_path
+from pipelines.core.atomic import atomic_path
 
 if TYPE_CHECKING:
-    from pipelines.translator import AttentionExample
+    from pipelines.inference.translator import AttentionExample
 
 
 def _save(figure, path: Path) -> None:

@@ -14,8 +14,8 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from pipelines.batching import TokenBucketBatchSampler, TranslationDataset, collate
-from pipelines.tokenizer import load_split
+from pipelines.stages.tokenizer import load_split
+from pipelines.training.batching import TokenBucketBatchSampler, TranslationDataset, collate
 
 
 class ResumableDataLoader(DataLoader):

@@ -14,10 +14,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from models import BOS_ID, EOS_ID, PAD_ID, Seq2Seq, beam_search, build_model
+from models import BOS_ID, EOS_ID, PAD_ID, Seq2Seq, build_model
 from models.attention import use_cudnn_attention
-from pipelines.errors import PipelineError
-from pipelines.vocab import Tokenizers
+from pipelines.core.errors import PipelineError
+from pipelines.data.vocab import Tokenizers
+from pipelines.inference.search import beam_search
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Shared basics: params, user-facing errors, atomic writes, decoding primitives and scoring."""

@@ -1,0 +1,1 @@
+"""The corpus: loading, normalization and filtering, prepared splits, subword models and arrays."""

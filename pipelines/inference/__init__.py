@@ -1,0 +1,1 @@
+"""Inference: beam search, the translator, evaluation of test sets and the MLflow pyfunc model."""

@@ -1,0 +1,1 @@
+"""Operations: MLflow tracking, the model registry, scheduled retraining and its lock."""

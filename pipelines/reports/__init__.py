@@ -1,0 +1,1 @@
+"""Reports: the architecture comparison table and its PNG plots."""

@@ -1,0 +1,1 @@
+"""MLflow: where the store is, the run structure and lineage, and the model registry."""

@@ -1,0 +1,1 @@
+"""The training library: LightningModule, data module, batching, callbacks, optimizer, averaging."""
