@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader
 
 from models import BOS_ID, PAD_ID, build_model
 from pipelines.training.cuda_graphs import CudaGraphsCallback, StepGraphs
-from pipelines.training.module import TranslationModule, token_mean_loss
+from pipelines.training.loss import token_mean_loss
+from pipelines.training.module import TranslationModule
 from tests.models.conftest import TINY_RECURRENT, TINY_TRANSFORMER
 from tests.training_helpers import TINY_OPTIM, quiet_trainer
 

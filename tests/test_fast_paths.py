@@ -13,7 +13,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.bench import make_step
 from models import PAD_ID, build_model
 from models.attention import (
     AdditiveAttention,
@@ -22,7 +21,8 @@ from models.attention import (
     use_cudnn_attention,
 )
 from models.attention import scaled_dot_product_attention as explicit_attention
-from pipelines.training.module import label_smoothed_nll
+from pipelines.training.loss import label_smoothed_nll
+from pipelines.training.step import make_step
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -139,7 +139,7 @@ TRANSFORMER = {
 
 
 def _cuda_step(model, copies: bool):
-    """bench.make_step's training step (bf16 autocast, fused AdamW, clipping) for `model`."""
+    """The product.s plain training step (bf16 autocast, fused AdamW, clipping) for `model`."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
     return make_step(model, model, optimizer, 0.1, 1.0, "bf16-mixed", low_precision_weights=copies)
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from benchmarks.bench import make_step
 from models import BOS_ID, PAD_ID, build_model
 from models.linear import Linear
 from pipelines.training.low_precision import LowPrecisionWeights, LowPrecisionWeightsCallback
 from pipelines.training.module import TranslationModule
+from pipelines.training.step import make_step
 from tests.models.conftest import TINY_TRANSFORMER
 from tests.training_helpers import TINY_OPTIM, quiet_trainer
 

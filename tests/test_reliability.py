@@ -167,7 +167,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(worksp
     driver = textwrap.dedent(
         """
         import torch
-        import pipelines.training.module as lit
+        import pipelines.training.loss as lit
         real = lit.label_smoothed_nll
         def poisoned(logits, target, smoothing):
             smoothed, nll = real(logits, target, smoothing)

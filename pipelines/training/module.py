@@ -6,62 +6,23 @@ The architecture itself is a plain ``models`` module; this class owns only the t
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
 import sacrebleu
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from models import PAD_ID, build_model
 from pipelines.core.decoding import greedy_search
 from pipelines.training.cuda_graphs import StepGraphs
+from pipelines.training.loss import label_smoothed_nll, token_mean_loss
+from pipelines.training.optim import build_optimizer, build_scheduler
 
 
 class DivergenceError(RuntimeError):
     """The training loss became NaN or infinite."""
-
-
-def inverse_sqrt_schedule(warmup_steps: int) -> Callable[[int], float]:
-    """Noam-style multiplier: linear warmup to 1, then decay as sqrt(warmup / step)."""
-
-    def factor(step: int) -> float:
-        step = step + 1
-        if warmup_steps == 0:
-            return 1.0
-        return min(step / warmup_steps, math.sqrt(warmup_steps / step))
-
-    return factor
-
-
-def constant_schedule(warmup_steps: int) -> Callable[[int], float]:
-    """Linear warmup to 1, then constant."""
-    return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
-
-
-SCHEDULES = {"inverse_sqrt": inverse_sqrt_schedule, "constant": constant_schedule}
-
-
-def label_smoothed_nll(logits: Tensor, target: Tensor, smoothing: float) -> tuple[Tensor, Tensor]:
-    """Summed label-smoothed cross-entropy and summed plain NLL over non-pad targets."""
-    logits = logits.float().flatten(0, 1)  # [B*T, V]
-    target = target.flatten()  # [B*T]
-    smoothed = F.cross_entropy(
-        logits, target, ignore_index=PAD_ID, label_smoothing=smoothing, reduction="sum"
-    )
-    nll = F.cross_entropy(logits, target, ignore_index=PAD_ID, reduction="sum")
-    return smoothed, nll
-
-
-def token_mean_loss(logits: Tensor, target: Tensor, smoothing: float) -> tuple[Tensor, Tensor]:
-    """The training loss (label-smoothed cross-entropy per non-pad target token) and, detached,
-    the plain NLL per token."""
-    smoothed, nll = label_smoothed_nll(logits, target, smoothing)
-    ntokens = (target != PAD_ID).sum()
-    return smoothed / ntokens, (nll / ntokens).detach()
 
 
 class TranslationModule(pl.LightningModule):
@@ -188,21 +149,14 @@ class TranslationModule(pl.LightningModule):
         super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def configure_optimizers(self) -> dict[str, Any]:
-        decay, no_decay = [], []
-        for name, param in self.model.named_parameters():
-            (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)
-        groups = [
-            {"params": decay, "weight_decay": self.optim["weight_decay"]},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        optimizer = torch.optim.AdamW(
-            groups,
+        optimizer = build_optimizer(
+            self.model,
             lr=self.optim["lr"],
-            betas=tuple(self.optim["betas"]),
+            betas=self.optim["betas"],
+            weight_decay=self.optim["weight_decay"],
             fused=self.device.type == "cuda",
         )
-        factor = SCHEDULES[self.optim["schedule"]](self.optim["warmup_steps"])
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        scheduler = build_scheduler(optimizer, self.optim["schedule"], self.optim["warmup_steps"])
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"},
