@@ -161,6 +161,7 @@ class TrainParams:
     log_every_n_steps: int = 20
     checkpoint_average: int = 0
     checkpoint_every_n_steps: int = 0
+    max_time_s: float | None = None  # wall-clock budget: training stops at the next epoch's end
 
     def validate(self, prefix: str = "") -> None:
         require(self.batch_tokens > 0, f"{prefix}batch_tokens", "must be > 0")
@@ -176,6 +177,11 @@ class TrainParams:
         require(self.checkpoint_average >= 0, f"{prefix}checkpoint_average", "must be >= 0")
         require(
             self.checkpoint_every_n_steps >= 0, f"{prefix}checkpoint_every_n_steps", "must be >= 0"
+        )
+        require(
+            self.max_time_s is None or self.max_time_s > 0,
+            f"{prefix}max_time_s",
+            "must be null (no limit) or > 0 seconds",
         )
 
 

@@ -15,13 +15,14 @@ import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, Timer
 from lightning.pytorch.loggers import MLFlowLogger
 
 from models import PAD_ID
@@ -390,6 +391,10 @@ def build_trainer(
         callbacks.append(CudaGraphsCallback())  # acts on one CUDA device only
     if params.train.low_precision_weights and not params.train.compile:
         callbacks.append(LowPrecisionWeightsCallback())  # bf16-mixed, one device, no CUDA graphs
+    if params.train.max_time_s:  # a wall-clock budget, checked at the end of every epoch
+        callbacks.append(
+            Timer(duration=timedelta(seconds=params.train.max_time_s), interval="epoch")
+        )
     if optim.early_stopping_patience > 0:
         callbacks.append(
             EarlyStopping(
