@@ -201,7 +201,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(worksp
 
 
 def _steps_per_epoch(workspace: Path) -> int:
-    from pipelines.stages.tokenizer import load_split
+    from pipelines.data.tokenized import load_split
     from pipelines.training.batching import TokenBucketBatchSampler
 
     params = load_params(workspace / "params.yaml")

@@ -208,7 +208,7 @@ def apply_checkpoint_average(
     """
     from torch.utils.data import DataLoader
 
-    from pipelines.stages.tokenizer import load_split
+    from pipelines.data.tokenized import load_split
     from pipelines.training.batching import TokenBucketBatchSampler, TranslationDataset, collate
 
     paths = last_epoch_checkpoints(folder, count)

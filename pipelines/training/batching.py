@@ -19,7 +19,7 @@ from torch.utils.data import Dataset, Sampler
 
 from models.vocab import BOS_ID, EOS_ID, PAD_ID
 from pipelines.core.errors import PipelineError
-from pipelines.stages.tokenizer import TokenizedSplit
+from pipelines.data.tokenized import TokenizedSplit
 
 
 class Example(NamedTuple):

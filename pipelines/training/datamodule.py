@@ -14,7 +14,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from pipelines.stages.tokenizer import load_split
+from pipelines.data.tokenized import load_split
 from pipelines.training.batching import TokenBucketBatchSampler, TranslationDataset, collate
 
 

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from pipelines.core.params import DataParams, PrepareParams, TokenizerParams
-from pipelines.stages.prepare import prepare
-from pipelines.stages.tokenizer import tokenize
+from pipelines.data.preparation import prepare
+from pipelines.data.subwords import tokenize
 from tests.pipeline_helpers import tiny_corpus
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from models.vocab import BOS_ID, EOS_ID, PAD_ID
 from pipelines.training.batching import TokenBucketBatchSampler, TranslationDataset, batch_stats, collate
 from pipelines.core.errors import PipelineError
-from pipelines.stages.tokenizer import TokenizedSplit, load_split
+from pipelines.data.tokenized import TokenizedSplit, load_split
 
 BUDGETS = [64, 150, 256, 333, 1000]
 

@@ -12,10 +12,13 @@ from pathlib import Path
 import pytest
 
 from models.config import ConfigError, from_dict
-from pipelines.stages import prepare as prepare_module
+from pipelines.data import preparation as prepare_module
 from pipelines.core.errors import PipelineError
 from pipelines.core.params import DataParams, PrepareParams
-from pipelines.stages.prepare import FILTERS, is_local, normalize_text, prepare, read_pairs
+from pipelines.data.corpus import is_local
+from pipelines.data.normalize import normalize_text
+from pipelines.data.prepared import read_pairs
+from pipelines.data.preparation import FILTERS, prepare
 
 from .conftest import REPO, TEST_SPLITS, TINY_CORPUS, pair, stage_params, tiny_data, write_jsonl
 

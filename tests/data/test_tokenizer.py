@@ -13,8 +13,9 @@ import pytest
 from models.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 from pipelines.core.errors import PipelineError
 from pipelines.core.params import TokenizerParams
-from pipelines.stages.prepare import read_pairs
-from pipelines.stages.tokenizer import TokenizedSplit, load_split, tokenize, train_sentencepiece
+from pipelines.data.prepared import read_pairs
+from pipelines.data.subwords import tokenize, train_sentencepiece
+from pipelines.data.tokenized import TokenizedSplit, load_split
 from pipelines.data.vocab import Tokenizers
 
 from .conftest import REPO, TEST_SPLITS, TINY_VOCAB, stage_params
