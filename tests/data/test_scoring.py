@@ -1,11 +1,11 @@
-"""Scoring: corpus BLEU/chrF as sacreBLEU computes them, length buckets, and the paired bootstrap."""
+"""Scoring: corpus BLEU/chrF as sacreBLEU computes them, length buckets, paired bootstrap."""
 
 from __future__ import annotations
 
 import pytest
 import sacrebleu
 
-from pipelines.stages.evaluate import paired_bootstrap, sacrebleu_tokenizer, score
+from pipelines.core.scoring import paired_bootstrap, sacrebleu_tokenizer, score
 
 REFERENCES = [
     "Ein Mann fährt Fahrrad auf der Straße.",
