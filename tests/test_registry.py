@@ -10,9 +10,10 @@ import uuid
 import pandas as pd
 import pytest
 
+from pipelines.core.digest import code_digest
 from pipelines.core.errors import PipelineError
 from pipelines.inference import pyfunc_model
-from pipelines.tracking import registry, runs
+from pipelines.tracking import registry
 from tests.pipeline_helpers import SHARED, git
 
 HEX40 = re.compile(r"^[0-9a-f]{40}$")
@@ -79,7 +80,7 @@ def test_staged_code_is_only_what_a_translator_needs(tmp_path):
     assert pipelines == sorted(pyfunc_model.PIPELINES_MODULES)
     assert (tmp_path / "models" / "search.py").exists()
     assert not list(tmp_path.rglob("__pycache__"))
-    assert HEX64.match(runs.code_digest(code_paths))
+    assert HEX64.match(code_digest(code_paths))
 
 
 # --- on the tiny pipeline's store --------------------------------------------------------------

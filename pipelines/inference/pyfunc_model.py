@@ -145,8 +145,8 @@ def log_pyfunc_model(
 
     from mlflow.models import infer_signature
 
+    from pipelines.core.digest import code_digest
     from pipelines.inference.translator import Translator
-    from pipelines.tracking import runs
 
     # An unnamed string column: a list, a Series or a one-column DataFrame all pass MLflow's
     # schema check (a named column would turn a plain list away before predict sees it).
@@ -162,5 +162,5 @@ def log_pyfunc_model(
             signature=signature,
             input_example=input_example,
             pip_requirements=pip_requirements(),
-            metadata={"code_sha256": runs.code_digest(code_paths), **(metadata or {})},
+            metadata={"code_sha256": code_digest(code_paths), **(metadata or {})},
         )

@@ -18,7 +18,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from pipelines.core.digest import file_sha256
 from pipelines.core.errors import PipelineError
+
 
 PARENT_KEY_TAG = "pipeline.key"
 ARCH_TAG = "architecture"
@@ -103,20 +105,6 @@ def _git(*args: str) -> str:
     except (OSError, subprocess.CalledProcessError):
         return ""
     return done.stdout.strip()
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else ""
-
-
-def code_digest(folders: list[Path] | list[str]) -> str:
-    """sha256 over the .py files under `folders`, each named "<folder>/<relative path>"."""
-    digest = hashlib.sha256()
-    for root in map(Path, folders):
-        for path in sorted(root.rglob("*.py")):
-            digest.update(f"{root.name}/{path.relative_to(root)}".encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
 
 
 def data_hash(dataset: str) -> str:
