@@ -6,7 +6,7 @@ key, a wrong type or an impossible value raises :class:`ConfigError` naming the 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -186,21 +186,54 @@ class TrainParams:
 
 
 @dataclass
-class EvaluateParams:
-    """Beam search and scoring of the test sets."""
+class DecodingSettings:
+    """How a model decodes: beam search and batching. The one home of their default values.
+
+    The evaluate stage decodes the test sets with them (``evaluate`` in params.yaml), the exported
+    model records them (``decoding.json``) and `nmt translate` and the pyfunc model default to them.
+    """
 
     beam_size: int = 5
     length_penalty: float = 0.6
     max_len_margin: int = 50
     batch_size: int = 64
-    attention_examples: int = 3
 
     def validate(self, prefix: str = "") -> None:
         require(self.beam_size >= 1, f"{prefix}beam_size", "must be >= 1")
         require(self.length_penalty >= 0, f"{prefix}length_penalty", "must be >= 0")
         require(self.max_len_margin >= 1, f"{prefix}max_len_margin", "must be >= 1")
         require(self.batch_size >= 1, f"{prefix}batch_size", "must be >= 1")
+
+    def decoding(self) -> DecodingSettings:
+        """Only the decoding settings (a subclass such as EvaluateParams carries more keys)."""
+        return DecodingSettings(**{f.name: getattr(self, f.name) for f in fields(DecodingSettings)})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self.decoding())
+
+    def with_overrides(self, **overrides: Any) -> DecodingSettings:
+        """These settings with the `overrides` that are not None; checked like params.yaml."""
+        given = {key: value for key, value in overrides.items() if value is not None}
+        return from_dict(DecodingSettings, {**self.to_dict(), **given})
+
+
+@dataclass
+class EvaluateParams(DecodingSettings):
+    """Beam search and scoring of the test sets: the decoding settings plus the stage's own keys."""
+
+    attention_examples: int = 3
+    device: str = "auto"  # auto: cuda when available, else cpu
+
+    def validate(self, prefix: str = "") -> None:
+        super().validate(prefix)
         require(self.attention_examples >= 0, f"{prefix}attention_examples", "must be >= 0")
+        kind, colon, index = self.device.partition(":")
+        require(
+            self.device == "auto"
+            or (kind in ("cpu", "cuda", "mps") and index.isdigit() == bool(colon)),
+            f"{prefix}device",
+            "must be auto, cpu, cuda, cuda:<index> or mps",
+        )
 
 
 @dataclass
