@@ -145,7 +145,7 @@ def test_kill_between_temporary_write_and_rename_keeps_the_previous_checkpoint(w
                 if len(saves) == 2:
                     os.kill(os.getpid(), signal.SIGKILL)
             return real_replace(src, dst)
-        train.os.replace = replace
+        os.replace = replace
         train.main(["--arch", "transformer"])
         """
     )

@@ -350,7 +350,7 @@ def test_warm_start_takes_the_champions_weights_only_when_they_fit(setup, tmp_pa
 
     from models import build_model
     from pipelines.data.vocab import Tokenizers
-    from pipelines.stages.train import warm_start
+    from pipelines.training.export import warm_start
 
     folder = setup.deploy / "artifacts" / "transformer"  # trained on the current vocabulary
     config = json.loads((folder / "config.json").read_text())

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from pipelines.core.params import load_params
-from pipelines.stages import train
+from pipelines.training import checkpoints
 from tests.pipeline_helpers import REPO
 
 
@@ -20,15 +20,21 @@ def _code_tree(root: Path) -> Path:
 
 def test_code_digest_follows_python_sources_only(tmp_path):
     root = _code_tree(tmp_path / "project")
-    digest = train.code_digest(root)
-    assert digest == train.code_digest(REPO)  # the same files give the same digest anywhere
+    digest_of = checkpoints.training_code_digest
+    digest = digest_of(root)
+    assert digest == checkpoints.training_code_digest(
+        REPO
+    )  # the same files give the same digest anywhere
     (root / "models" / "notes.txt").write_text("not code")
-    assert train.code_digest(root) == digest
+    assert digest_of(root) == digest
     attention = root / "models" / "attention.py"
     attention.write_text(attention.read_text() + "\n# changed\n")
-    assert train.code_digest(root) != digest
+    assert digest_of(root) != digest
     attention.rename(root / "models" / "attention_renamed.py")
-    assert train.code_digest(root) not in (digest, train.code_digest(REPO))
+    assert digest_of(root) not in (
+        digest,
+        digest_of(REPO),
+    )
 
 
 def test_fingerprint_changes_with_the_code(tmp_path, monkeypatch):
@@ -36,11 +42,11 @@ def test_fingerprint_changes_with_the_code(tmp_path, monkeypatch):
     tokenized = tmp_path / "tokenized"
     tokenized.mkdir()
     (tokenized / "train.npz").write_bytes(b"x")
-    monkeypatch.setattr(train, "code_digest", lambda: "old")
-    before = train.fingerprint(params, "transformer", tokenized)
-    assert train.fingerprint(params, "transformer", tokenized) == before
-    monkeypatch.setattr(train, "code_digest", lambda: "new")
-    assert train.fingerprint(params, "transformer", tokenized) != before
+    monkeypatch.setattr(checkpoints, "training_code_digest", lambda: "old")
+    before = checkpoints.fingerprint(params, "transformer", tokenized)
+    assert checkpoints.fingerprint(params, "transformer", tokenized) == before
+    monkeypatch.setattr(checkpoints, "training_code_digest", lambda: "new")
+    assert checkpoints.fingerprint(params, "transformer", tokenized) != before
 
 
 def test_a_checkpoint_of_other_code_is_not_resumed(tmp_path):
@@ -48,7 +54,7 @@ def test_a_checkpoint_of_other_code_is_not_resumed(tmp_path):
     ckpt_dir.mkdir(parents=True)
     (ckpt_dir / "last.ckpt").write_bytes(b"checkpoint")
     (ckpt_dir / "fingerprint.json").write_text('{"fingerprint": "old-code", "run_id": ""}')
-    assert train.resumable_checkpoint(ckpt_dir, "old-code") == ckpt_dir / "last.ckpt"
-    assert train.resumable_checkpoint(ckpt_dir, "new-code") is None
-    assert train.prepare_checkpoint_dir(ckpt_dir, "new-code", client=None) is None
+    assert checkpoints.resumable_checkpoint(ckpt_dir, "old-code") == ckpt_dir / "last.ckpt"
+    assert checkpoints.resumable_checkpoint(ckpt_dir, "new-code") is None
+    assert checkpoints.prepare_checkpoint_dir(ckpt_dir, "new-code") == (None, "")
     assert list(ckpt_dir.iterdir()) == []  # the stale checkpoint is gone

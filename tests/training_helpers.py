@@ -98,13 +98,14 @@ KILL_INSIDE_SECOND_EPOCH = textwrap.dedent(
     """
     import os, signal
     import pipelines.stages.train as train
-    real = train.AtomicCheckpointIO.save_checkpoint
+    from pipelines.training.callbacks import AtomicCheckpointIO
+    real = AtomicCheckpointIO.save_checkpoint
     def save(self, checkpoint, path, storage_options=None):
         real(self, checkpoint, path, storage_options)
         if "rng" in checkpoint["nmt"] and checkpoint["epoch"] == 1:
             print("killed at step", checkpoint["global_step"], flush=True)
             os.killpg(0, signal.SIGKILL)
-    train.AtomicCheckpointIO.save_checkpoint = save
+    AtomicCheckpointIO.save_checkpoint = save
     train.main(["--arch", "transformer"])
     """
 )

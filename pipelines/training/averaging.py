@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import sacrebleu
 import torch
 from torch import Tensor
 
-from pipelines.core.decoding import greedy_search
+from pipelines.training.datamodule import token_bucket_loader
+from pipelines.training.validation import ValidationBleu
 
 log = logging.getLogger("nmt.averaging")
 
@@ -97,29 +97,6 @@ def keep_averaged(best_bleu: float, averaged_bleu: float) -> bool:
     return averaged_bleu > best_bleu
 
 
-def validation_bleu(
-    model: torch.nn.Module,
-    loader: Any,
-    detokenize: Callable[[list[list[int]]], list[str]],
-    references: Sequence[str],
-    max_len_margin: int,
-    device: torch.device | str,
-) -> float:
-    """Corpus BLEU of greedy translations of the validation loader, as the training loop scores it.
-
-    Every batch holds ``src`` and ``index`` (the example ids); each example is scored once, in
-    split order, against ``references[index]``.
-    """
-    outputs: list[tuple[int, list[int]]] = []
-    for batch in loader:
-        hypotheses = greedy_search(model, batch["src"].to(device), max_len_margin=max_len_margin)
-        outputs.extend(zip(batch["index"].tolist(), (h.tokens for h in hypotheses), strict=True))
-    outputs.sort()
-    texts = detokenize([tokens for _, tokens in outputs])
-    refs = [references[index] for index, _ in outputs]
-    return sacrebleu.corpus_bleu(texts, [refs]).score if texts else 0.0
-
-
 @dataclass
 class AveragingResult:
     """What averaging did, for the training summary."""
@@ -192,7 +169,8 @@ def epoch_checkpoint_callback(folder: Path, count: int):
 
 
 def apply_checkpoint_average(
-    module: Any,
+    model: torch.nn.Module,
+    validation_bleu: ValidationBleu,
     best_state: dict[str, Tensor],
     folder: Path,
     count: int,
@@ -200,38 +178,25 @@ def apply_checkpoint_average(
     validation_split: str,
     batch_tokens: int,
 ) -> AveragingResult | None:
-    """Average the last `count` epoch checkpoints in `folder` into ``module.model`` if that beats
+    """Average the last `count` epoch checkpoints in `folder` into `model` if that beats
     `best_state` on validation BLEU (greedy, the whole split on this process, fp32).
 
-    ``module`` is the TranslationModule (its ``detokenize``, ``val_references`` and
-    ``hparams.val_max_len_margin`` are used). Returns None when fewer than two checkpoints exist.
+    Returns None when fewer than two checkpoints exist.
     """
-    from torch.utils.data import DataLoader
-
-    from pipelines.data.tokenized import load_split
-    from pipelines.training.batching import TokenBucketBatchSampler, TranslationDataset, collate
-
     paths = last_epoch_checkpoints(folder, count)
     if len(paths) < 2:
         log.info("checkpoint averaging skipped: %d epoch checkpoint(s) in %s", len(paths), folder)
         return None
-    corpus = load_split(tokenized, validation_split)
-    sampler = TokenBucketBatchSampler(
-        corpus.src_lengths, corpus.tgt_lengths, batch_tokens, shuffle=False
-    )
-    loader = DataLoader(TranslationDataset(corpus), batch_sampler=sampler, collate_fn=collate)
+    loader = token_bucket_loader(tokenized, validation_split, batch_tokens, shuffle=False)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = module.model.to(device)
+    model = model.to(device)
 
     def score(candidate: torch.nn.Module) -> float:
-        return validation_bleu(
-            candidate,
-            loader,
-            module.detokenize,
-            module.val_references,
-            module.hparams.val_max_len_margin,
-            device,
-        )
+        outputs = []
+        for batch in loader:
+            src, indices = batch["src"].to(device), batch["index"].tolist()
+            outputs.extend(validation_bleu.decode(candidate, src, indices))
+        return validation_bleu.score(outputs)
 
     try:
         return select_average(model, best_state, paths, score)

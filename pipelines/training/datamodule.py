@@ -60,6 +60,44 @@ class ResumableDataLoader(DataLoader):
         self.batch_sampler.load_state_dict(state)  # type: ignore[union-attr]
 
 
+def token_bucket_loader(
+    tokenized: Path,
+    split: str,
+    batch_tokens: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    num_replicas: int = 1,
+    rank: int = 0,
+    accumulate: int = 1,
+    num_workers: int = 0,
+    resumable: bool = False,
+) -> DataLoader:
+    """Padded batches of `split` from the tokenizer stage's arrays, by the token-bucket sampler.
+
+    With `resumable`, the loader keeps its position in Lightning checkpoints (the training loader).
+    """
+    corpus = load_split(tokenized, split)
+    sampler = TokenBucketBatchSampler(
+        corpus.src_lengths,
+        corpus.tgt_lengths,
+        max_tokens=batch_tokens,
+        shuffle=shuffle,
+        seed=seed,
+        num_replicas=num_replicas,
+        rank=rank,
+        accumulate=accumulate,
+    )
+    return (ResumableDataLoader if resumable else DataLoader)(
+        TranslationDataset(corpus),
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+    )
+
+
 class TranslationDataModule(pl.LightningDataModule):
     """Training (shuffled by seed and epoch) and validation (fixed order) loaders."""
 
@@ -82,25 +120,18 @@ class TranslationDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
 
     def _loader(self, role: str) -> DataLoader:
-        corpus = load_split(self.tokenized, self.splits[role])
         training = role == "train"
-        sampler = TokenBucketBatchSampler(
-            corpus.src_lengths,
-            corpus.tgt_lengths,
-            max_tokens=self.batch_tokens,
+        return token_bucket_loader(
+            self.tokenized,
+            self.splits[role],
+            self.batch_tokens,
             shuffle=training,
             seed=self.seed,
             num_replicas=self.trainer.world_size,
             rank=self.trainer.global_rank,
             accumulate=self.accumulate if training else 1,
-        )
-        return (ResumableDataLoader if training else DataLoader)(
-            TranslationDataset(corpus),
-            batch_sampler=sampler,
-            collate_fn=collate,
             num_workers=self.num_workers,
-            pin_memory=torch.cuda.is_available(),
-            persistent_workers=self.num_workers > 0,
+            resumable=training,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -6,19 +6,17 @@ The architecture itself is a plain ``models`` module; this class owns only the t
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import lightning.pytorch as pl
-import sacrebleu
 import torch
 from torch import Tensor
 
 from models import PAD_ID, build_model
-from pipelines.core.decoding import greedy_search
 from pipelines.training.cuda_graphs import StepGraphs
 from pipelines.training.loss import label_smoothed_nll, token_mean_loss
 from pipelines.training.optim import build_optimizer, build_scheduler
+from pipelines.training.validation import IndexedTokens, ValidationBleu
 
 
 class DivergenceError(RuntimeError):
@@ -34,20 +32,21 @@ class TranslationModule(pl.LightningModule):
         optim: dict[str, Any],
         src_vocab_size: int,
         tgt_vocab_size: int,
-        val_max_len_margin: int = 20,
         check_finite_every: int = 1,
         seed: int = 0,
+        validation_bleu: ValidationBleu | None = None,
+        checkpoint_extras: dict[str, Any] | None = None,
     ) -> None:
+        """`validation_bleu` scores every validation epoch (without it, only loss and perplexity);
+        `checkpoint_extras` are stored in every checkpoint under ``nmt`` (the MLflow run id)."""
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["validation_bleu", "checkpoint_extras"])
         self.model = build_model(model_config, src_vocab_size, tgt_vocab_size)
         self.optim = optim
-        # Set by the train stage: detokenizer and references for validation BLEU (not hparams).
-        self.detokenize: Callable[[list[list[int]]], list[str]] | None = None
-        self.val_references: list[str] = []
-        self.extra_checkpoint_state: dict[str, Any] = {}
+        self.validation_bleu = validation_bleu
+        self.checkpoint_extras = dict(checkpoint_extras or {})
         self._resume_rng: list[dict[str, Tensor]] | None = None
-        self._val_outputs: list[tuple[int, list[int]]] = []
+        self._val_outputs: list[IndexedTokens] = []
         self._val_sums: Tensor | None = None
         # Set by CudaGraphsCallback during fit on one CUDA device.
         self.step_graphs: StepGraphs | None = None
@@ -104,31 +103,25 @@ class TranslationModule(pl.LightningModule):
         _, nll = label_smoothed_nll(logits, batch["tgt_out"], 0.0)
         ntokens = (batch["tgt_out"] != PAD_ID).sum()
         self._val_sums += torch.stack([nll.double(), ntokens.double()])
-        if self.detokenize is not None:
-            hypotheses = greedy_search(
-                self.model, batch["src"], max_len_margin=self.hparams.val_max_len_margin
-            )
+        if self.validation_bleu is not None:
             indices = batch["index"].tolist()
-            self._val_outputs.extend(zip(indices, (h.tokens for h in hypotheses), strict=True))
+            self._val_outputs.extend(self.validation_bleu.decode(self.model, batch["src"], indices))
 
     def on_validation_epoch_end(self) -> None:
         sums = self.trainer.strategy.reduce(self._val_sums, reduce_op="sum")
         val_loss = (sums[0] / sums[1].clamp(min=1)).float()
         self.log("val/loss", val_loss, sync_dist=False)
         self.log("val/ppl", torch.exp(val_loss.clamp(max=50)), sync_dist=False)
-        if self.detokenize is None:
+        if self.validation_bleu is None:
             return
-        outputs = self._gather_validation_outputs()
         # Every example exactly once: the sampler never duplicates, so no padding to strip.
-        hypotheses = self.detokenize([tokens for _, tokens in sorted(outputs)])
-        references = [self.val_references[i] for i, _ in sorted(outputs)]
-        bleu = sacrebleu.corpus_bleu(hypotheses, [references]).score if hypotheses else 0.0
+        bleu = self.validation_bleu.score(self._gather_validation_outputs())
         self.log("val/bleu", torch.tensor(bleu, device=self.device), prog_bar=True)
 
-    def _gather_validation_outputs(self) -> list[tuple[int, list[int]]]:
+    def _gather_validation_outputs(self) -> list[IndexedTokens]:
         if self.trainer.world_size == 1:
             return self._val_outputs
-        gathered: list[list[tuple[int, list[int]]]] = [None] * self.trainer.world_size  # type: ignore[list-item]
+        gathered: list[list[IndexedTokens]] = [None] * self.trainer.world_size  # type: ignore[list-item]
         torch.distributed.all_gather_object(gathered, self._val_outputs)
         return [item for shard in gathered for item in shard]
 
@@ -163,14 +156,14 @@ class TranslationModule(pl.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["nmt"] = dict(self.extra_checkpoint_state)
+        checkpoint["nmt"] = dict(self.checkpoint_extras)
         if self.trainer.training:  # inside an epoch: a resume continues every random stream
             checkpoint["nmt"]["rng"] = self._rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         nmt = dict(checkpoint.get("nmt", {}))
         self._resume_rng = nmt.pop("rng", None)
-        self.extra_checkpoint_state = nmt
+        self.checkpoint_extras = nmt
 
     def on_train_start(self) -> None:
         # Resumed from a checkpoint saved inside an epoch: Lightning skips on_train_epoch_start

@@ -1,0 +1,140 @@
+"""The Lightning Trainer of the train stage: callbacks, checkpoints, precision, devices."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, Timer
+from lightning.pytorch.loggers import Logger
+
+from pipelines.core.errors import PipelineError
+from pipelines.core.params import Params
+from pipelines.training.averaging import epoch_checkpoint_callback
+from pipelines.training.callbacks import AtomicCheckpointIO, InEpochCheckpoint, TrainingMonitor
+from pipelines.training.cuda_graphs import CudaGraphsCallback
+from pipelines.training.low_precision import LowPrecisionWeightsCallback
+
+MONITOR = "val/bleu"
+
+
+def world_size(params: Params) -> int:
+    """Devices per node (``auto``: every visible GPU, else one CPU process) times nodes."""
+    devices = params.train.devices
+    if devices == "auto":
+        devices = torch.cuda.device_count() or 1
+    return int(devices) * params.train.num_nodes
+
+
+def launch_rank() -> int:
+    """This process's global rank before Lightning initialises the process group.
+
+    torchrun sets RANK, SLURM sets SLURM_PROCID, and Lightning's own launcher sets NODE_RANK and
+    LOCAL_RANK; only rank 0 creates MLflow runs and touches the checkpoint folder.
+    """
+    for variable in ("RANK", "SLURM_PROCID"):
+        if variable in os.environ:
+            return int(os.environ[variable])
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    node = int(os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", 0)))
+    return node * max(1, torch.cuda.device_count()) + local
+
+
+def accumulation(train_params, world_size: int) -> int:
+    """Gradient accumulation; with keep_global_batch it shrinks as devices grow."""
+    steps = train_params.accumulate_grad_batches
+    if not train_params.keep_global_batch:
+        return steps
+    if steps % world_size:
+        raise PipelineError(
+            f"train.accumulate_grad_batches: {steps} is not divisible by the {world_size} devices; "
+            "with train.keep_global_batch it must be, to keep the global batch fixed"
+        )
+    return steps // world_size
+
+
+def build_trainer(
+    params: Params,
+    arch: str,
+    checkpoints: Path,
+    history_file: Path,
+    logger: Logger | None,
+    accumulate: int,
+) -> tuple[pl.Trainer, TrainingMonitor, ModelCheckpoint]:
+    """The Trainer of `arch`: checkpoints in `checkpoints` (best by validation BLEU, last after
+    every validation), the monitor writing `history_file`, early stopping, the time budget, the
+    GPU fast paths; returns it with its monitor and best-checkpoint callback."""
+    optim = params.arch(arch).optim
+    monitor = TrainingMonitor(history_file, params.train.log_every_n_steps)
+    # Best by validation BLEU; a separate callback rewrites last.ckpt after every validation
+    # (Lightning's save_last only refreshes "last" when the best checkpoint changed).
+    checkpoint = ModelCheckpoint(
+        dirpath=checkpoints,
+        filename="best",
+        monitor=MONITOR,
+        mode="max",
+        save_top_k=1,
+        enable_version_counter=False,
+        auto_insert_metric_name=False,
+        save_on_train_epoch_end=False,
+    )
+    last = ModelCheckpoint(
+        dirpath=checkpoints,
+        filename="last",
+        save_top_k=1,
+        enable_version_counter=False,
+        save_on_train_epoch_end=False,
+    )
+    callbacks: list[pl.Callback] = [monitor, checkpoint, last]
+    if params.train.checkpoint_every_n_steps:  # also refresh last.ckpt inside long epochs
+        callbacks.append(
+            InEpochCheckpoint(
+                dirpath=checkpoints,
+                filename="last",
+                every_n_train_steps=params.train.checkpoint_every_n_steps,
+                save_top_k=1,
+                enable_version_counter=False,
+            )
+        )
+    if params.train.checkpoint_average > 1:  # the last N epochs' weights, for averaging
+        folder = checkpoints / "epochs"
+        callbacks.append(epoch_checkpoint_callback(folder, params.train.checkpoint_average))
+    if params.train.cuda_graphs and not params.train.compile:
+        callbacks.append(CudaGraphsCallback())  # acts on one CUDA device only
+    if params.train.low_precision_weights and not params.train.compile:
+        callbacks.append(LowPrecisionWeightsCallback())  # bf16-mixed, one device, no CUDA graphs
+    if params.train.max_time_s:  # a wall-clock budget, checked at the end of every epoch
+        callbacks.append(
+            Timer(duration=timedelta(seconds=params.train.max_time_s), interval="epoch")
+        )
+    if optim.early_stopping_patience > 0:
+        callbacks.append(
+            EarlyStopping(
+                MONITOR,
+                mode="max",
+                patience=optim.early_stopping_patience,
+                check_on_train_epoch_end=False,
+            )
+        )
+    trainer = pl.Trainer(
+        accelerator=params.train.accelerator,
+        devices=params.train.devices,
+        num_nodes=params.train.num_nodes,
+        strategy=params.train.strategy,
+        precision=params.train.precision,
+        max_epochs=optim.max_epochs,
+        max_steps=optim.max_steps,
+        gradient_clip_val=params.train.gradient_clip_val or None,
+        accumulate_grad_batches=accumulate,
+        deterministic=params.train.deterministic,
+        log_every_n_steps=params.train.log_every_n_steps,
+        callbacks=callbacks,
+        logger=logger,
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+    )
+    return trainer, monitor, checkpoint
