@@ -7,7 +7,9 @@
    ``data.revision``).
 3. Nothing changed (``dvc status``), a champion exists and the pipeline's current best model has
    been decided on: exit ``EXIT_UP_TO_DATE``.
-4. Otherwise ``dvc repro`` (log kept next to the decision record), then re-translate the promotion
+4. Otherwise ``dvc repro evaluate`` (every stage up to the test scores; log kept next to the
+   decision record; with ``retrain.start: warm`` the train stage fine-tunes the champion), then
+   re-translate the promotion
    split (``retrain.promotion_split``, default the first test split) with the challenger (the
    pipeline's best architecture on that split) and with the champion, using the same code and the
    same ``evaluate`` beam settings, and score both with sacreBLEU (one signature).
@@ -18,9 +20,12 @@
    to ``reports/retrain/<UTC timestamp>.json`` and to tags on the challenger's model version and
    runs.
 
+6. Then ``dvc repro compare``: the report, and the compare stage's own registration, which finds
+   the challenger registered already and the champion decided.
+
 Nothing is registered and no alias moves until both scores are in: a run that fails (or is killed)
-before that leaves the registry as it was. The compare stage, told by ``registry.DEFER_ENV``, leaves
-registering to this command.
+before that leaves the registry as it was, since the compare stage (the pipeline's only other
+registrar) runs after the decision.
 """
 
 from __future__ import annotations
@@ -226,11 +231,13 @@ def score_folder(
 
     Returns the hypotheses and the scores kept in the decision record.
     """
+    from pipelines.inference.evaluation import translate_and_score
     from pipelines.inference.translator import Translator
-    from pipelines.stages.evaluate import translate_and_score
 
-    split_file = root / "data" / "prepared" / f"{split}.jsonl"
-    hypotheses, result = translate_and_score(Translator.load(folder), split_file, params.evaluate)
+    # params.evaluate decides, not the settings a downloaded champion recorded: both sides alike.
+    translator = Translator.load(folder, device=params.evaluate.device)
+    prepared = root / "data" / "prepared"
+    hypotheses, result = translate_and_score(translator, prepared, split, params.evaluate)
     return hypotheses, {k: result[k] for k in ("bleu", "chrf", "signature", "sentences")}
 
 
@@ -238,9 +245,10 @@ def significance(
     hypotheses: dict[str, list[str]], split: str, root: Path, tgt_lang: str
 ) -> dict[str, Any]:
     """Paired bootstrap of the challenger's translations against the champion's."""
-    from pipelines.stages.evaluate import paired_bootstrap, read_pairs
+    from pipelines.core.scoring import paired_bootstrap
+    from pipelines.data.prepared import read_references
 
-    _, references = read_pairs(root / "data" / "prepared" / f"{split}.jsonl")
+    references = read_references(root / "data" / "prepared", split)
     return paired_bootstrap(hypotheses["champion"], hypotheses["challenger"], references, tgt_lang)
 
 
@@ -281,7 +289,9 @@ def retrain(root: Path, params_file: Path, decision: Decision, lock: RunLock) ->
             champion_dir = Path(tmp) / f"champion-v{champion}"
             fetched = registry.download_model_folder(f"models:/{name}/{champion}", Path(tmp) / "dl")
             shutil.move(fetched, champion_dir)
-        run_pipeline(root, params.retrain.start, champion_dir, decision, lock)
+        if params.retrain.start == "warm":
+            log.info("start: warm: the train stage fine-tunes the champion if it fits")
+        run_pipeline(root, "evaluate", decision, lock)
         params = load_params(params_file)  # as the pipeline just used them
         arch = best_architecture(params, split, root)
         if arch is None:
@@ -312,26 +322,18 @@ def retrain(root: Path, params_file: Path, decision: Decision, lock: RunLock) ->
         p_value,
         params.retrain.max_p_value,
     )
-    return settle(client, decision.record, folder, promote, reason)
+    code = settle(client, decision.record, folder, promote, reason)
+    run_pipeline(root, "compare", decision, lock)
+    return code
 
 
-def run_pipeline(
-    root: Path, start: str, champion_dir: Path | None, decision: Decision, lock: RunLock
-) -> None:
-    """``dvc repro``, told to leave registering to us, warm-starting from the champion if asked."""
-    from pipelines.stages.train import INIT_FROM_ENV
-
-    env = {**os.environ, registry.DEFER_ENV: "1"}
-    env.pop(INIT_FROM_ENV, None)
-    if start == "warm" and champion_dir is not None:
-        env[INIT_FROM_ENV] = str(champion_dir)
-        log.info("start: warm from %s if it fits (the train stage logs why not)", champion_dir.name)
-    elif start == "warm":
-        log.info("start: cold (retrain.start is warm, but there is no champion yet)")
+def run_pipeline(root: Path, target: str, decision: Decision, lock: RunLock) -> None:
+    """``dvc repro <target>``: the stage and every stage it depends on, logged beside the record."""
     repro_log = root / RECORDS / f"{decision.stamp}.repro.log"
     decision.record["repro_log"] = str(repro_log.relative_to(root))
-    log.info("dvc repro (log: %s)", repro_log)
-    run_logged(root, [sys.executable, "-m", "dvc", "repro"], repro_log, env, lock)
+    log.info("dvc repro %s (log: %s)", target, repro_log)
+    argv = [sys.executable, "-m", "dvc", "repro", target]
+    run_logged(root, argv, repro_log, dict(os.environ), lock)
     lock.update(child_pgid=None)
 
 

@@ -1,14 +1,16 @@
 """The MLflow model registry: register translators, move the `champion` alias, fetch one back.
 
-A version is the pyfunc model of :mod:`pipelines.inference.pyfunc_model`, logged into the architecture's run.
-Aliases, not the deprecated stages, mark the model in use (mlflow#10336). Every promotion tags the
-new champion with the previous champion, the score delta and the time, and the old one with when
-and by whom it was replaced, so the registry keeps a history of who was champion when (mlflow#2169).
+A version is the pyfunc model of :mod:`pipelines.inference.pyfunc_model`, logged into the
+architecture's run with the decoding settings it was evaluated with. Aliases, not the deprecated
+stages, mark the model in use (mlflow#10336). Every promotion tags the new champion with the
+previous champion, the score delta and the time, and the old one with when and by whom it was
+replaced, so the registry keeps a history of who was champion when (mlflow#2169).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.core.errors import PipelineError
+from pipelines.core.params import DecodingSettings
 from pipelines.tracking import runs
 
 log = logging.getLogger("nmt.registry")
@@ -23,10 +26,8 @@ log = logging.getLogger("nmt.registry")
 CHAMPION = "champion"
 LOGGED_MODEL_NAME = "translator"  # the model's name inside its run: runs:/<run_id>/translator
 SHA_TAG = "nmt.model_sha256"
+DECODING_TAG = "nmt.decoding"  # the decoding settings the version ships (its decoding.json)
 DEFAULT_EXAMPLE = ["A man is riding a bicycle.", "Two dogs play in the snow."]
-# Set by `nmt retrain` for its `dvc repro`: the compare stage then leaves registering and
-# promoting to retrain, which does both only after scoring challenger and champion.
-DEFER_ENV = "NMT_RETRAIN"
 
 
 @dataclass
@@ -60,29 +61,35 @@ def log_and_register(
     registered_name: str,
     *,
     input_example: list[str] | None = None,
+    decoding: DecodingSettings | None = None,
     client=None,
 ) -> str:
     """Log `model_dir` as a pyfunc model into run `run_id` and register it; returns the version.
 
-    A version of the same weights from the same run is reused rather than registered again, so a
-    rerun of the compare stage does not pile up identical versions.
+    `decoding` is what the model was evaluated with (params.evaluate); the model ships it as its
+    ``decoding.json`` (None: the folder's own decoding.json, else the defaults). A version of the
+    same weights from the same run with the same settings is reused rather than registered again,
+    so a rerun of the compare stage does not pile up identical versions.
     """
     import mlflow
 
-    from pipelines.inference.pyfunc_model import log_pyfunc_model
+    from pipelines.inference.pyfunc_model import log_pyfunc_model, shipped_settings
 
     client = _client(client)
     model_dir = Path(model_dir)
     sha = model_sha256(model_dir)
+    settings = shipped_settings(model_dir, decoding)
+    settings_tag = json.dumps(settings.to_dict(), sort_keys=True)
     for existing in client.search_model_versions(
         f"name = '{registered_name}' and run_id = '{run_id}'"
     ):
-        if existing.tags.get(SHA_TAG) == sha:
+        if existing.tags.get(SHA_TAG) == sha and existing.tags.get(DECODING_TAG) == settings_tag:
             log.info("%s version %s already holds %s", registered_name, existing.version, model_dir)
             return str(existing.version)
     run = client.get_run(run_id)
     tags = {
         SHA_TAG: sha,
+        DECODING_TAG: settings_tag,
         runs.ARCH_TAG: run.data.tags.get(runs.ARCH_TAG, ""),
         "git.commit": run.data.tags.get("git.commit", ""),
         "nmt.parent_run_id": run.data.tags.get("mlflow.parentRunId", ""),
@@ -90,7 +97,11 @@ def log_and_register(
     mlflow.set_tracking_uri(client.tracking_uri)
     with mlflow.start_run(run_id=run_id):
         info = log_pyfunc_model(
-            model_dir, LOGGED_MODEL_NAME, input_example or DEFAULT_EXAMPLE, metadata={SHA_TAG: sha}
+            model_dir,
+            LOGGED_MODEL_NAME,
+            input_example or DEFAULT_EXAMPLE,
+            metadata={SHA_TAG: sha},
+            decoding=settings,
         )
     if run.info.end_time:
         # Reopening the run only attached the model: keep its status and its duration.
@@ -228,15 +239,22 @@ def register_and_promote(
     margin: float = 0.0,
     replace_champion: bool = True,
     input_example: list[str] | None = None,
+    decoding: DecodingSettings | None = None,
     client=None,
 ) -> Promotion:
     """Register the model of `run_id`, then make it champion if :func:`decide_promotion` says so.
 
     With ``replace_champion=False`` it becomes champion only when there is none yet (bootstrap).
+    `decoding`: the settings it was evaluated with, shipped with it (see :func:`log_and_register`).
     """
     client = _client(client)
     version = log_and_register(
-        run_id, model_dir, registered_name, input_example=input_example, client=client
+        run_id,
+        model_dir,
+        registered_name,
+        input_example=input_example,
+        decoding=decoding,
+        client=client,
     )
     score = version_score(registered_name, version, split, client=client)
     previous = champion_version(registered_name, client=client)
@@ -259,6 +277,8 @@ def download_model_folder(uri: str, dst_path: str | Path | None = None) -> Path:
 
     `uri` is ``models:/<name>@<alias>``, ``models:/<name>/<version>`` or
     ``runs:/<run_id>/translator``; the tracking URI must already be set (``runs.connect()``).
+    The folder holds the ``decoding.json`` the model was logged with (versions logged before
+    decoding settings were recorded have none).
     """
     import mlflow
     from mlflow.exceptions import MlflowException
