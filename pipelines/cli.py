@@ -47,9 +47,12 @@ def read_sentences(source: str) -> list[str]:
 
 
 def check_device(device: str) -> str:
-    """A torch device that exists here, or a one-line error."""
+    """A torch device that exists here (``auto``: cuda when available, else cpu), or an error."""
     import torch
 
+    from pipelines.inference.settings import resolve_device
+
+    device = resolve_device(device)
     try:
         parsed = torch.device(device)
     except (RuntimeError, ValueError) as err:
@@ -83,20 +86,59 @@ def load_translator(model: str, device: str):
         return Translator.load(download_model_folder(model, tmp), device=device)
 
 
+def project_settings(root: Path | None = None):
+    """The ``evaluate`` settings of the project's params.yaml, or None outside a project.
+
+    The project is the one `nmt` runs in: the folder with dvc.yaml at or above the working
+    directory (:func:`pipelines.tracking.runs.repo_root`), when it holds a params.yaml.
+    """
+    import yaml
+
+    from models.config import ConfigError, from_dict
+    from pipelines.core.params import EvaluateParams
+    from pipelines.tracking import runs
+
+    root = root or runs.repo_root()
+    params_file = root / "params.yaml"
+    if not ((root / "dvc.yaml").is_file() and params_file.is_file()):
+        return None
+    try:
+        section = (yaml.safe_load(params_file.read_text(encoding="utf-8")) or {}).get("evaluate")
+        return from_dict(EvaluateParams, section or {}, prefix="evaluate").decoding()
+    except (yaml.YAMLError, AttributeError, ConfigError) as err:
+        raise PipelineError(f"{params_file}: {err} (read for the decoding settings)") from err
+
+
+def decoding_settings(translator, args: argparse.Namespace):
+    """The flags given, over the model's recorded settings (its decoding.json); for a folder
+    without one, over the project's params.yaml `evaluate` settings, else the defaults."""
+    settings, source = translator.settings, "the model's decoding.json"
+    if translator.settings_file is None:
+        project = project_settings()
+        settings, source = (
+            (settings, "the defaults") if project is None else (project, "params.yaml evaluate")
+        )
+    flags = {"beam_size": args.beam_size, "length_penalty": args.length_penalty}
+    flags["batch_size"] = args.batch_size
+    given = ", ".join(f"--{k.replace('_', '-')}" for k, v in flags.items() if v is not None)
+    settings = settings.with_overrides(**flags)
+    log.info(
+        "decoding with %s: %s%s", source, settings, f", overridden by {given}" if given else ""
+    )
+    return settings
+
+
 def cmd_translate(args: argparse.Namespace) -> None:
     for option, value in (("--beam-size", args.beam_size), ("--batch-size", args.batch_size)):
-        if value < 1:
+        if value is not None and value < 1:
             raise PipelineError(f"{option}: must be >= 1")
+    if args.length_penalty is not None and args.length_penalty < 0:
+        raise PipelineError("--length-penalty: must be >= 0")
     sentences = read_sentences(args.input)
     translator = load_translator(args.model, check_device(args.device))
+    settings = decoding_settings(translator, args)
     progress = not sys.stdout.isatty() and len(sentences) >= args.progress_threshold
-    outputs = translator.translate(
-        sentences,
-        beam_size=args.beam_size,
-        length_penalty=args.length_penalty,
-        batch_size=args.batch_size,
-        progress=progress,
-    )
+    outputs = translator.translate(sentences, settings, progress=progress)
     sys.stdout.write("".join(f"{line}\n" for line in outputs))
 
 
@@ -161,7 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
         "translate",
         help="translate sentences (one per line) from a file or standard input",
         description="Translate one sentence per line from FILE (default: standard input) to "
-        "standard output, in batches, with beam search.",
+        "standard output, in batches, with beam search. Decoding settings not given as flags "
+        "are the model's own: those it was evaluated with, recorded in its decoding.json (a "
+        "registered model, or any folder holding one); for an exported folder without one "
+        "(artifacts/<arch>), the `evaluate` section of the project's params.yaml when run "
+        "inside the project, else the built-in defaults (DecodingSettings).",
     )
     translate.add_argument("input", nargs="?", default="-", metavar="FILE", help="default: stdin")
     translate.add_argument(
@@ -170,10 +216,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="an exported model folder (artifacts/<arch>) or a registry URI such as "
         "models:/nmt-translator@champion",
     )
-    translate.add_argument("--beam-size", type=int, default=5, help="beam width (default 5)")
-    translate.add_argument("--length-penalty", type=float, default=0.6, help="GNMT alpha")
-    translate.add_argument("--batch-size", type=int, default=64, help="sentences per batch")
-    translate.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
+    translate.add_argument(
+        "--beam-size", type=int, default=None, help="beam width (default: the model's settings)"
+    )
+    translate.add_argument(
+        "--length-penalty", type=float, default=None,
+        help="GNMT length penalty alpha (default: the model's settings)",
+    )  # fmt: skip
+    translate.add_argument(
+        "--batch-size", type=int, default=None,
+        help="sentences per batch (default: the model's settings)",
+    )  # fmt: skip
+    translate.add_argument(
+        "--device", default="cpu", help="torch device: cpu, cuda, cuda:1, or auto (cuda if any)"
+    )
     translate.add_argument(
         "--progress-threshold", type=int, default=200,
         help="show a progress bar when stdout is not a terminal and there are this many lines",

@@ -12,8 +12,11 @@ import pytest
 
 from pipelines.core.digest import code_digest
 from pipelines.core.errors import PipelineError
+from pipelines.core.params import DecodingSettings
 from pipelines.inference import pyfunc_model
+from pipelines.inference.settings import read_settings
 from pipelines.tracking import registry
+from tests.exported_model import SENTENCES, make_exported_folder
 from tests.pipeline_helpers import SHARED, git
 
 HEX40 = re.compile(r"^[0-9a-f]{40}$")
@@ -74,13 +77,39 @@ def test_pyfunc_input_accepts_dataframe_series_list_and_string():
         pyfunc_model.sentences_from(["A cat.", 3])
 
 
+NOT_SHIPPED = ("training", "tracking", "reports", "ops", "stages", "cli.py")
+
+
 def test_staged_code_is_only_what_a_translator_needs(tmp_path):
-    code_paths = pyfunc_model.stage_code(tmp_path)
-    pipelines = sorted(p.name for p in (tmp_path / "pipelines").iterdir())
-    assert pipelines == sorted(pyfunc_model.PIPELINES_MODULES)
-    assert (tmp_path / "models" / "search.py").exists()
-    assert not list(tmp_path.rglob("__pycache__"))
+    import importlib
+    import sys
+
+    code = tmp_path / "code"
+    code_paths = pyfunc_model.stage_code(code)
+    pipelines = sorted(p.name for p in (code / "pipelines").iterdir())
+    assert pipelines == ["__init__.py", "core", "data", "inference"]
+    for name in NOT_SHIPPED:
+        assert not list(code.rglob(name)), name
+    assert (code / "models" / "factory.py").exists()
+    assert (code / "pipelines" / "inference" / "translator.py").exists()
+    assert not list(code.rglob("__pycache__")) and not list(code.rglob("*.pyc"))
     assert HEX64.match(code_digest(code_paths))
+    # A translator loads and decodes with the staged code alone: every module of `models` and
+    # `pipelines` it imports comes from the staged copy.
+    folder = make_exported_folder(tmp_path / "transformer")
+    with pyfunc_model.own_code(code):
+        translator = importlib.import_module("pipelines.inference.translator")
+        outputs = translator.Translator.load(folder).translate(SENTENCES)
+        imported = {
+            name: getattr(module, "__file__", None) or ""
+            for name, module in sys.modules.items()
+            if name.split(".", 1)[0] in pyfunc_model.CODE_PACKAGES
+        }
+    assert len(outputs) == len(SENTENCES)
+    assert "pipelines.inference.translator" in imported
+    outside = {name: path for name, path in imported.items() if not path.startswith(str(code))}
+    assert not outside, outside
+    assert not [name for name in imported if name.split(".")[1:2] in (["training"], ["tracking"])]
 
 
 # --- on the tiny pipeline's store --------------------------------------------------------------
@@ -247,15 +276,45 @@ def test_champion_is_the_best_architecture_on_the_primary_test_split(
     assert tags[registry.SHA_TAG] == registry.model_sha256(repo / "artifacts" / arch)
 
 
+def evaluated_settings(tiny_pipeline) -> DecodingSettings:
+    """The decoding settings of the tiny pipeline's evaluate stage."""
+    from pipelines.core.params import load_params
+
+    return load_params(tiny_pipeline.repo / "params.yaml").evaluate.decoding()
+
+
+def recorded_settings(version) -> DecodingSettings:
+    """The decoding settings a registered version ships (its tag, the same as decoding.json)."""
+    return DecodingSettings(**json.loads(version.tags[registry.DECODING_TAG]))
+
+
+@on_pipeline
+def test_evaluated_settings_are_recorded_and_shipped(tiny_pipeline, champion):
+    settings = evaluated_settings(tiny_pipeline)
+    assert settings != DecodingSettings(), "the tiny profile decodes with its own settings"
+    for arch in tiny_pipeline.params["architectures"]:
+        assert read_settings(tiny_pipeline.repo / "metrics" / f"{arch}.decoding.json") == settings
+        assert not (tiny_pipeline.repo / "artifacts" / arch / "decoding.json").exists()
+    # compare registered the champion with the settings it was evaluated with.
+    assert recorded_settings(champion) == settings
+
+
 @on_pipeline
 def test_registering_the_same_model_again_reuses_its_version(tiny_pipeline, store, champion):
     name = tiny_pipeline.params["tracking"]["registered_model"]
     folder = tiny_pipeline.repo / "artifacts" / champion.tags["architecture"]
     before = len(store.search_model_versions(f"name = '{name}'"))
-    assert registry.log_and_register(champion.run_id, folder, name, client=store) == str(
-        champion.version
+    settings = recorded_settings(champion)
+    again = registry.log_and_register(
+        champion.run_id, folder, name, decoding=settings, client=store
     )
+    assert again == str(champion.version)
     assert len(store.search_model_versions(f"name = '{name}'")) == before
+    # The same weights evaluated with other settings are another model: a new version.
+    other = settings.with_overrides(beam_size=settings.beam_size + 1)
+    new = registry.log_and_register(champion.run_id, folder, name, decoding=other, client=store)
+    assert new != again and recorded_settings(store.get_model_version(name, new)) == other
+    assert registry.champion_version(name, client=store) == str(champion.version)
 
 
 @on_pipeline
@@ -268,19 +327,18 @@ def test_champion_alias_loads_with_pyfunc_and_translates(tiny_pipeline, store, c
     repo = tiny_pipeline.repo
     sentences = source_sentences(repo, 8)
     model = mlflow.pyfunc.load_model(f"models:/{name}@{registry.CHAMPION}")
-    expected = Translator.load(repo / "artifacts" / champion.tags["architecture"]).translate(
-        sentences
-    )
+    translator = Translator.load(repo / "artifacts" / champion.tags["architecture"])
+    settings = recorded_settings(champion)
+    expected = translator.translate(sentences, settings)
     assert model.predict(sentences) == expected
     assert model.predict(pd.DataFrame({"source": sentences})) == expected
     assert model.predict(pd.Series(sentences)) == expected
     fast = model.predict(sentences, params={"beam_size": 1})
-    assert fast == Translator.load(repo / "artifacts" / champion.tags["architecture"]).translate(
-        sentences, beam_size=1
-    )
+    assert fast == translator.translate(sentences, settings.with_overrides(beam_size=1))
     signature = model.metadata.signature
     assert [spec.type.name for spec in signature.inputs.inputs] == ["string"]
-    assert {p.name for p in signature.params} == set(pyfunc_model.DEFAULT_PARAMS)
+    # The params a caller may pass, with the settings the model was evaluated with as defaults.
+    assert {p.name: p.default for p in signature.params} == settings.to_dict()
 
 
 @on_pipeline
@@ -295,10 +353,12 @@ def test_champion_and_challenger_load_side_by_side(tiny_pipeline, store, champio
         a for a in tiny_pipeline.params["architectures"] if a != champion.tags["architecture"]
     )
     before = store.get_run(arch_runs[challenger_arch].info.run_id).info
+    settings = evaluated_settings(tiny_pipeline)
     challenger = registry.log_and_register(
         arch_runs[challenger_arch].info.run_id,
         repo / "artifacts" / challenger_arch,
         name,
+        decoding=settings,
         client=store,
     )
     store.set_registered_model_alias(name, "challenger", challenger)
@@ -307,8 +367,12 @@ def test_champion_and_challenger_load_side_by_side(tiny_pipeline, store, champio
     assert (after.status, after.end_time) == (before.status, before.end_time)
     sentences = source_sentences(repo, 8)
     expected = {
-        arch: Translator.load(repo / "artifacts" / arch).translate(sentences)
-        for arch in (champion.tags["architecture"], challenger_arch)
+        challenger_arch: Translator.load(repo / "artifacts" / challenger_arch).translate(
+            sentences, settings
+        ),
+        champion.tags["architecture"]: Translator.load(
+            repo / "artifacts" / champion.tags["architecture"]
+        ).translate(sentences, recorded_settings(champion)),
     }
     assert expected[champion.tags["architecture"]] != expected[challenger_arch], (
         "need two different models"
@@ -330,7 +394,7 @@ def test_each_model_runs_its_own_logged_code(tiny_pipeline, champion, tmp_path):
     staging = tmp_path / "code"
     staging.mkdir()
     code_paths = pyfunc_model.stage_code(staging)
-    translator_py = staging / "pipelines" / "translator.py"
+    translator_py = staging / "pipelines" / "inference" / "translator.py"
     source = translator_py.read_text()
     assert "        return outputs\n" in source
     translator_py.write_text(
@@ -398,7 +462,9 @@ def test_download_model_folder_gives_the_exported_folder(tiny_pipeline, store, c
             "model.safetensors",
             "config.json",
             "tokenizer",
+            "decoding.json",
         }
         assert registry.model_sha256(folder) == expected, uri
+        assert read_settings(folder) == recorded_settings(champion)
     with pytest.raises(PipelineError, match="no-such-model"):
         registry.download_model_folder("models:/no-such-model@champion", tmp_path / "none")

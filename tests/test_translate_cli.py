@@ -168,6 +168,28 @@ def test_registry_champion_translates_like_its_exported_folder(tiny_pipeline, ch
 
 @pytest.mark.slow
 @needs_pipeline
+def test_without_flags_both_decode_with_the_evaluated_settings(tiny_pipeline, champion):
+    """The registered model by its decoding.json, the plain folder by the project's params.yaml."""
+    from pipelines.core.params import load_params
+    from pipelines.inference.translator import Translator
+
+    repo = tiny_pipeline.repo
+    uri, folder = champion
+    sentences = source_sentences(repo, 12)
+    stdin = "".join(f"{s}\n" for s in sentences).encode()
+    from_registry = translate(repo, "--model", uri, stdin=stdin)
+    from_folder = translate(repo, "--model", str(folder), stdin=stdin)
+    assert from_registry.returncode == from_folder.returncode == 0, from_registry.stderr.decode()
+    assert b"decoding with the model's decoding.json" in from_registry.stderr
+    assert b"decoding with params.yaml evaluate" in from_folder.stderr
+    settings = load_params(repo / "params.yaml").evaluate
+    expected = Translator.load(folder).translate(sentences, settings)
+    assert from_registry.stdout.decode().splitlines() == expected
+    assert from_folder.stdout == from_registry.stdout
+
+
+@pytest.mark.slow
+@needs_pipeline
 def test_progress_goes_to_stderr_and_output_stays_clean(tiny_pipeline, champion):
     _, folder = champion
     sentences = source_sentences(tiny_pipeline.repo, 6)

@@ -8,6 +8,7 @@ from torch import Tensor
 from models.seq2seq import Seq2Seq
 from models.vocab import BOS_ID, EOS_ID
 from pipelines.core.decoding import Hypothesis, inference, max_lengths, next_log_probs
+from pipelines.core.params import DecodingSettings
 
 
 def gnmt_length_penalty(length: int, alpha: float) -> float:
@@ -18,9 +19,9 @@ def gnmt_length_penalty(length: int, alpha: float) -> float:
 def beam_search(
     model: Seq2Seq,
     src: Tensor,
-    beam_size: int = 5,
-    length_penalty: float = 0.6,
-    max_len_margin: int = 50,
+    beam_size: int = DecodingSettings.beam_size,
+    length_penalty: float = DecodingSettings.length_penalty,
+    max_len_margin: int = DecodingSettings.max_len_margin,
     return_attention: bool = False,
 ) -> list[Hypothesis]:
     """The best of `beam_size` hypotheses per sentence, all sentences' beams decoded as one batch.
