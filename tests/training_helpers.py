@@ -74,7 +74,7 @@ def stage_cmd(
     workspace: Path, stage: str, *args: str, check: bool = True, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     done = subprocess.run(
-        [sys.executable, "-m", f"pipelines.{stage}", *args],
+        [sys.executable, "-m", f"pipelines.stages.{stage}", *args],
         cwd=workspace,
         env=env or workspace_env(),
         capture_output=True,
