@@ -1,6 +1,7 @@
-"""NMT models: a Transformer and recurrent encoder-decoders behind one interface."""
+"""NMT models: Transformer, recurrent and convolutional encoder-decoders behind one interface."""
 
 from models.config import ConfigError
+from models.convolutional import ConvS2SConfig, ConvS2SSeq2Seq
 from models.factory import ModelConfig, build_model, model_config_from_dict
 from models.recurrent import RecurrentConfig, RecurrentSeq2Seq
 from models.seq2seq import EncoderOutput, Seq2Seq
@@ -13,6 +14,8 @@ __all__ = [
     "PAD_ID",
     "UNK_ID",
     "ConfigError",
+    "ConvS2SConfig",
+    "ConvS2SSeq2Seq",
     "EncoderOutput",
     "ModelConfig",
     "RecurrentConfig",

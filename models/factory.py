@@ -5,15 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from models.config import ConfigError, from_dict
+from models.convolutional import ConvS2SConfig, ConvS2SSeq2Seq
 from models.recurrent import RecurrentConfig, RecurrentSeq2Seq
 from models.seq2seq import Seq2Seq
 from models.transformer import TransformerConfig, TransformerSeq2Seq
 
-ModelConfig = TransformerConfig | RecurrentConfig
+ModelConfig = TransformerConfig | RecurrentConfig | ConvS2SConfig
 
 _FAMILIES: dict[str, tuple[type, type[Seq2Seq]]] = {
     "transformer": (TransformerConfig, TransformerSeq2Seq),
     "recurrent": (RecurrentConfig, RecurrentSeq2Seq),
+    "convolutional": (ConvS2SConfig, ConvS2SSeq2Seq),
 }
 
 

@@ -33,6 +33,16 @@ TINY_RECURRENT = {
     "decoder_layers": 2,
     "dropout": 0.0,
 }
+TINY_CONVOLUTIONAL = {
+    "family": "convolutional",
+    "embedding_dim": 16,
+    "hidden_size": 32,
+    "encoder_layers": 2,
+    "decoder_layers": 2,
+    "kernel_size": 3,
+    "dropout": 0.0,
+    "max_len": 64,
+}
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "transformer": TINY_TRANSFORMER,
@@ -49,6 +59,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "multiplicative_score": "dot",
         "input_feeding": False,
     },
+    "convs2s": TINY_CONVOLUTIONAL,
 }
 
 

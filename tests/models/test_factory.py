@@ -23,7 +23,7 @@ def test_family_selects_the_config_class():
     ("values", "key", "message"),
     [
         ({}, "family", "required key is missing"),
-        ({"family": "convolutional"}, "family", "unknown family"),
+        ({"family": "state_space"}, "family", "unknown family"),
         ({"family": "transformer", "d_model": 30, "n_heads": 4}, "n_heads", "must divide d_model"),
         ({"family": "transformer", "d_ff": -8}, "d_ff", "must be > 0"),
         ({"family": "transformer", "n_layers": 6}, "n_layers", "unknown key"),
