@@ -21,7 +21,6 @@ from typing import Any
 from pipelines.core.digest import file_sha256
 from pipelines.core.errors import PipelineError
 
-
 PARENT_KEY_TAG = "pipeline.key"
 ARCH_TAG = "architecture"
 DVC_EXPS_MARKER = (".dvc", "tmp", "exps")

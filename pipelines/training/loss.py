@@ -1,4 +1,4 @@
-"""Label-smoothed cross-entropy (Szegedy et al., 2016; Vaswani et al., 2017, §5.4) per target token."""
+"""Label-smoothed cross-entropy per target token (Szegedy et al., 2016; Vaswani et al., 2017)."""
 
 from __future__ import annotations
 
