@@ -106,26 +106,76 @@ def write_params(repo: Path, params: dict[str, Any]) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def project_files() -> list[str]:
+# What a project copy never takes, whatever state the checkout it is cut from is in: DVC's record
+# of a run (dvc.lock, which `dvc repro` stages in git: core.autostage) and DVC's own state, and
+# what a run of the pipeline or of its tools leaves besides the outputs dvc.yaml declares.
+DVC_STATE = ("dvc.lock", ".dvc/tmp", ".dvc/cache", ".dvc/config.local", "dvc_plots")
+RUN_STATE = ("mlruns", "runs", "tmp", ".nmt-retrain.lock")
+
+
+def listed_files(root: Path) -> list[str]:
+    """The files of the checkout at `root`: tracked, and untracked but not ignored by git."""
     listed = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard", "-z"],
-        cwd=REPO,
+        cwd=root,
         capture_output=True,
         check=True,
     ).stdout.decode()
-    return [name for name in listed.split("\0") if name and (REPO / name).is_file()]
+    return [name for name in listed.split("\0") if name and (root / name).is_file()]
+
+
+def pipeline_outputs(root: Path, names: list[str]) -> set[str]:
+    """What the pipeline of the checkout at `root` writes, as paths relative to `root`.
+
+    The outs, metrics and plots of dvc.yaml's stages, and the outs of the ``.dvc`` files among
+    `names`; a templated path (``checkpoints/${item}``) stands for its folder before the
+    template (``checkpoints``).
+    """
+    paths: list[str] = []
+    pipeline = yaml.safe_load((root / "dvc.yaml").read_text()) if "dvc.yaml" in names else None
+    for stage in (pipeline or {}).get("stages", {}).values():
+        body = stage.get("do", stage)
+        for key in ("outs", "metrics", "plots"):
+            paths += [
+                entry if isinstance(entry, str) else next(iter(entry))
+                for entry in body.get(key, [])
+            ]
+    for name in names:
+        if name.endswith(".dvc") and not name.startswith(".dvc/"):
+            folder = Path(name).parent
+            outs = (yaml.safe_load((root / name).read_text()) or {}).get("outs", [])
+            paths += [(folder / out["path"]).as_posix() for out in outs]
+    prefixes = {path.split("${")[0].rstrip("/") for path in paths}
+    return {Path(prefix).as_posix() for prefix in prefixes if prefix}
+
+
+def project_files(root: Path | None = None) -> list[str]:
+    """The files a project copy takes from the checkout at `root` (default: this one).
+
+    The source is what git lists (tracked, and untracked but not ignored, so uncommitted work is
+    tested too), less anything DVC or a pipeline run wrote there: a copy starts as a fresh clone
+    would, whatever the user last ran in their checkout.
+    """
+    root = REPO if root is None else root
+    names = listed_files(root)
+    excluded = {*DVC_STATE, *RUN_STATE, *pipeline_outputs(root, names)}
+    return [
+        name
+        for name in names
+        if not any(name == path or name.startswith(f"{path}/") for path in excluded)
+    ]
 
 
 def make_project_copy(workdir: Path, params: dict[str, Any]) -> Path:
-    """Copy the project (tracked and untracked-not-ignored files) into a fresh git repository.
+    """Copy the project (`project_files`) into a fresh git repository with `params`.
 
     ``shared`` beside it links to the real ../shared, so the DVC remote URL works unchanged.
     """
-    repo = workdir / "project"
-    for name in project_files():
+    source, repo = REPO, workdir / "project"
+    for name in project_files(source):
         target = repo / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, target)
+        shutil.copy2(source / name, target)
     (workdir / "shared").symlink_to(SHARED)
     write_params(repo, params)
     git(repo, "init", "-q")

@@ -4,6 +4,7 @@ One project copy (tiny profile, Transformer only) goes through, in order: a `dvc
 train stage fails at start-up (unreachable tracking server), one killed with SIGKILL in the middle
 of training, and the `dvc repro` that finishes the job by resuming from the last checkpoint.
 After each, every stage that ``dvc.lock`` records as done has its outputs complete on disk.
+Those runs start from a copy that holds no trace of any run made in the checkout it is cut from.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests import pipeline_helpers
 from tests.pipeline_helpers import (
     SHARED,
+    git,
     kill_groups,
     make_project_copy,
     project_env,
@@ -26,10 +29,10 @@ from tests.pipeline_helpers import (
     tiny_params,
 )
 
-pytestmark = pytest.mark.slow
-
-if not (SHARED / "dvc-remote").exists():
-    pytest.skip("../shared/dvc-remote is not beside the checkout", allow_module_level=True)
+# The real `dvc repro` runs (minutes) pull from the DVC remote in ../shared.
+needs_remote = pytest.mark.skipif(
+    not (SHARED / "dvc-remote").exists(), reason="../shared/dvc-remote is not beside the checkout"
+)
 
 EPOCHS = 4
 TRAIN = "train@transformer"
@@ -85,6 +88,61 @@ def training_runs(repo: Path):
     )
 
 
+@pytest.mark.parametrize("stray", [False, True], ids=["clean", "after-a-run"])
+def test_a_project_copy_takes_no_trace_of_a_run_in_the_checkout(tmp_path, monkeypatch, stray):
+    """A checkout after `dvc repro` (dvc.lock staged in git by core.autostage, outputs, DVC's
+    and MLflow's state, even where nothing ignores them) gives the copy a clean one would."""
+    checkout = tmp_path / "checkout"
+    sources = {
+        "dvc.yaml": (pipeline_helpers.REPO / "dvc.yaml").read_text(),
+        "params.yaml": "seed: 1\n",
+        ".dvc/config": "[core]\n    remote = shared\n",
+        ".dvc/.gitignore": "/tmp\n",
+        "data/multi30k.dvc": (pipeline_helpers.REPO / "data" / "multi30k.dvc").read_text(),
+        "pipelines/stages/train.py": "# committed\n",
+        "pipelines/stages/new.py": "# uncommitted work: tested too\n",
+    }
+    left_by_a_run = [
+        "dvc.lock",
+        "metrics/x.json",
+        "metrics/transformer.json",
+        "reports/comparison.md",
+        "logs/transformer/history.csv",
+        "artifacts/transformer/config.json",
+        "checkpoints/transformer/last.ckpt",
+        "hypotheses/transformer/test_2016_flickr.txt",
+        "data/multi30k/train.jsonl",
+        "data/prepared/manifest.json",
+        "data/tokenized/train.pt",
+        "mlruns/mlflow.db",
+        ".dvc/tmp/rwlock",
+        ".dvc/cache/files/md5/00/abc",
+        ".dvc/config.local",
+        "dvc_plots/index.html",
+    ]
+    for name, text in sources.items():
+        (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / name).write_text(text)
+    git(checkout, "init", "-q")
+    git(checkout, "add", *(name for name in sources if name != "pipelines/stages/new.py"))
+    git(checkout, "commit", "-qm", "project")
+    if stray:
+        for name in left_by_a_run:
+            (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+            (checkout / name).write_text("left by a run\n")
+        git(checkout, "add", "dvc.lock")  # as `dvc repro` stages it
+    monkeypatch.setattr(pipeline_helpers, "REPO", checkout)  # the real checkout is not touched
+
+    copy = make_project_copy(tmp_path / "work", {"seed": 2})
+
+    copied = {p.relative_to(copy).as_posix() for p in copy.rglob("*") if ".git" not in p.parts}
+    assert {name for name in copied if (copy / name).is_file()} == set(sources)
+    assert not (copy / "dvc.lock").exists()
+    assert yaml.safe_load((copy / "params.yaml").read_text()) == {"seed": 2}
+
+
+@pytest.mark.slow
+@needs_remote
 def test_a_train_stage_failing_at_start_up_records_only_the_stages_that_finished(repo, tmp_path):
     env = project_env(repo) | {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}  # nothing listens
     done = subprocess.run(
@@ -102,6 +160,8 @@ def test_a_train_stage_failing_at_start_up_records_only_the_stages_that_finished
     assert not (repo / "artifacts" / "transformer").exists()
 
 
+@pytest.mark.slow
+@needs_remote
 def test_a_train_stage_killed_mid_training_is_not_recorded_and_resumes(repo):
     log = repo.parent / "killed-repro.log"
     with log.open("w") as handle:

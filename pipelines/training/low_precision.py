@@ -13,16 +13,68 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from models import build_model
 from models.linear import Linear
+from pipelines.core.errors import PipelineError
 
 log = logging.getLogger(__name__)
 
 PRECISION = "bf16-mixed"
+
+
+def probe_bf16_lstm(device_type: str) -> None:
+    """A tiny LSTM's forward and backward pass under bfloat16 autocast on `device_type`.
+
+    Raises the RuntimeError of a device that cannot run it: on a CPU without bfloat16
+    instructions (no AVX-512), oneDNN has no LSTM primitive for bfloat16.
+    """
+    lstm = nn.LSTM(4, 4, batch_first=True, bidirectional=True).to(device_type)
+    inputs = torch.zeros(2, 3, 4, device=device_type, requires_grad=True)
+    with torch.autocast(device_type, dtype=torch.bfloat16):
+        outputs, _ = lstm(inputs)
+    outputs.float().sum().backward()
+
+
+def check_bf16_support(model: nn.Module, device_type: str) -> None:
+    """Refuse bf16-mixed training of `model` on a CPU that cannot run its LSTM in bfloat16.
+
+    Raises a PipelineError naming ``train.precision`` (one line for the user, no traceback)
+    where a model with an ``nn.LSTM`` would train on a CPU whose oneDNN has no bfloat16 LSTM;
+    anything else (no LSTM, a GPU, a CPU that can) passes.
+    """
+    if device_type != "cpu" or not any(isinstance(m, nn.LSTM) for m in model.modules()):
+        return
+    try:
+        probe_bf16_lstm(device_type)
+    except RuntimeError as err:
+        reason = str(err).strip().splitlines()[0].split(". ")[0].rstrip(".")
+        raise PipelineError(
+            f"train.precision: {PRECISION}: this CPU cannot run the LSTM in bfloat16 "
+            f"(oneDNN: {reason}); use train.precision: 32-true"
+        ) from err
+
+
+def train_device_type(accelerator: str) -> str:
+    """The device type Lightning trains on for ``train.accelerator`` (auto: CUDA if present)."""
+    if accelerator == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if accelerator == "gpu" else accelerator
+
+
+def check_precision_support(precision: str, accelerator: str, model: dict[str, Any]) -> None:
+    """The train stage's check of ``train.precision`` for the model config `model`, run before
+    any run is opened: with bf16-mixed, `check_bf16_support` on the device it would train on."""
+    if precision != PRECISION:
+        return
+    with torch.device("meta"):  # the layers alone: no weights allocated or initialised
+        layers = build_model(model, 8)
+    check_bf16_support(layers, train_device_type(accelerator))
 
 
 class LowPrecisionWeights:
@@ -93,7 +145,8 @@ class LowPrecisionWeightsCallback(pl.Callback):
 
     Inactive in any other precision and with more than one process: DDP reduces the gradients of
     the parameters the forward pass used, and the float32 parameters would not be among them.
-    Inactive with CUDA graphs (`pipelines.training.cuda_graphs`), whose replays cast on the GPU alone.
+    Inactive with CUDA graphs (`pipelines.training.cuda_graphs`), whose replays cast on the GPU
+    alone.
     """
 
     def __init__(self) -> None:

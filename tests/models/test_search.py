@@ -3,7 +3,7 @@ import itertools
 import pytest
 import torch
 
-from models import BOS_ID, EOS_ID, UNK_ID
+from models import BOS_ID, EOS_ID, UNK_ID, Seq2Seq
 from pipelines.core.decoding import greedy_search
 from pipelines.inference.search import beam_search, gnmt_length_penalty
 
@@ -42,6 +42,65 @@ def test_batched_search_equals_one_sentence_at_a_time(make_model, pad_batch, var
         assert hypothesis.score == pytest.approx(alone.score, abs=1e-4)
 
 
+def _penalty(length: int, alpha: float) -> float:
+    """The GNMT length penalty written out here, so that the product's is checked, not reused."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+class BigramBiased(Seq2Seq):
+    """`model` with bias[previous token, next token] added to its logits, in teacher forcing and
+    in decode_step alike: a model whose best output depends on the prefix, unlike a tiny
+    untrained one's (about the same distribution at every step, so that its best output is the
+    empty one, which no length penalty changes)."""
+
+    def __init__(self, model: Seq2Seq, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("bias", bias)
+
+    def encode(self, src):
+        return self.model.encode(src)
+
+    def decode(self, tgt_in, encoder_out):
+        return self.model.decode(tgt_in, encoder_out) + self.bias[tgt_in]
+
+    def init_decoder_state(self, encoder_out):
+        return self.model.init_decoder_state(encoder_out)
+
+    def decode_step(self, prev_tokens, state):
+        logits, state, attention = self.model.decode_step(prev_tokens, state)
+        return logits + self.bias[prev_tokens], state, attention
+
+    def reorder_state(self, state, index):
+        return self.model.reorder_state(state, index)
+
+    def cross_attention(self, src, tgt_in):
+        return self.model.cross_attention(src, tgt_in)
+
+    def sided_modules(self):
+        return self.model.sided_modules()
+
+
+VOCAB = 7  # specials 0-3 and three words; search never emits PAD or BOS
+WORDS = [UNK_ID, 4, 5, 6]
+ALPHAS = [0.0, 0.6, 2.0]
+# (variant, seed of the bigram bias, source), chosen when the test was written among seeds 0-39
+# and sources [4|5|6, EOS]: for every α in ALPHAS the exact best output is non-empty and ahead
+# of the runner-up by more than MARGIN, and it changes with α. The best outputs for α = 0, 0.6, 2:
+BIASED_CASES = {
+    "transformer-21": ("transformer", 21, [5, 3]),  # (5,), (6, 6, 6), (6, 6, 6)
+    "transformer-12": ("transformer", 12, [4, 3]),  # (UNK,), (UNK,), (4, 5)
+    "lstm-4": ("lstm-multiplicative", 4, [4, 3]),  # (6,), (6,), (4, 5, UNK)
+    "lstm-7": ("lstm-multiplicative", 7, [4, 3]),  # (4,), (4, UNK, 5), (4, UNK, 5)
+}
+MARGIN = 0.02  # the smallest lead was 0.06: far above float differences between CPUs (~1e-5)
+
+
+def _biased_model(make_model, variant: str, bias_seed: int) -> BigramBiased:
+    bias = 2.0 * torch.randn(VOCAB, VOCAB, generator=torch.Generator().manual_seed(bias_seed))
+    return BigramBiased(make_model(variant, seed=5, vocab_size=VOCAB), bias).eval()
+
+
 def _sequence_log_prob(model, src, output):
     """log p(output | src) for a full output ending in EOS, by teacher forcing."""
     tgt_in = torch.tensor([[BOS_ID, *output[:-1]]])
@@ -49,27 +108,45 @@ def _sequence_log_prob(model, src, output):
     return sum(log_probs[t, token].item() for t, token in enumerate(output))
 
 
-@pytest.mark.parametrize("alpha", [0.0, 0.6])
-@pytest.mark.parametrize("variant", ["transformer", "lstm-multiplicative"])
-def test_wide_beam_finds_the_exact_best_sequence(make_model, variant, alpha):
-    vocab = 7  # specials 0-3 and three words; search never emits PAD or BOS
-    model = make_model(variant, seed=5, vocab_size=vocab)
-    src = torch.tensor([[4, 3]])  # 2 source tokens + margin 2 -> at most 4 output tokens
-    words = [UNK_ID, 4, 5, 6]
-    best_score, best_tokens = float("-inf"), None
+def _exact_ranking(model, src, alpha: float) -> list[tuple[float, list[int]]]:
+    """Every output of up to 3 words (the limit of a 2-token source with margin 2), scored as
+    beam search scores them (log-probability / length penalty), best first."""
+    ranked = []
     with torch.no_grad():
         for length in range(4):
-            for prefix in itertools.product(words, repeat=length):
-                output = [*prefix, EOS_ID]
-                score = _sequence_log_prob(model, src, output) / gnmt_length_penalty(
-                    length + 1, alpha
-                )
-                if score > best_score:
-                    best_score, best_tokens = score, list(prefix)
+            for prefix in itertools.product(WORDS, repeat=length):
+                log_prob = _sequence_log_prob(model, src, [*prefix, EOS_ID])
+                ranked.append((log_prob / _penalty(length + 1, alpha), list(prefix)))
+    return sorted(ranked, key=lambda scored: scored[0], reverse=True)
+
+
+def _wide_beam(model, src, alpha: float):
     # A beam this wide keeps every candidate: at most 4**2 live prefixes times 5 continuations.
     (hypothesis,) = beam_search(model, src, beam_size=80, length_penalty=alpha, max_len_margin=2)
+    return hypothesis
+
+
+@pytest.mark.parametrize("alpha", ALPHAS)
+@pytest.mark.parametrize("case", list(BIASED_CASES))
+def test_wide_beam_finds_the_exact_best_sequence(make_model, case, alpha):
+    variant, bias_seed, source = BIASED_CASES[case]
+    model, src = _biased_model(make_model, variant, bias_seed), torch.tensor([source])
+    (best_score, best_tokens), (runner_up, _) = _exact_ranking(model, src, alpha)[:2]
+    assert best_tokens, "a case whose best output is empty would not test the length penalty"
+    assert best_score - runner_up > MARGIN, "a near tie: float rounding could pick either"
+    hypothesis = _wide_beam(model, src, alpha)
     assert hypothesis.tokens == best_tokens
     assert hypothesis.score == pytest.approx(best_score, abs=1e-4)
+
+
+def test_the_best_sequence_changes_with_the_length_penalty(make_model):
+    """A large α favours longer outputs: with a penalty that ignored α, nothing would change."""
+    best = {}
+    for case, (variant, bias_seed, source) in BIASED_CASES.items():
+        model, src = _biased_model(make_model, variant, bias_seed), torch.tensor([source])
+        best[case] = [_wide_beam(model, src, alpha).tokens for alpha in (0.0, ALPHAS[-1])]
+    assert all(len(long) >= len(plain) for plain, long in best.values()), best
+    assert all(plain != long for plain, long in best.values()), best  # each case was chosen so
 
 
 def test_hypotheses_respect_the_length_limit_and_exclude_specials(make_model, pad_batch):

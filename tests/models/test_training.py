@@ -15,6 +15,15 @@ PAIRS = [
 ]
 
 
+# Training stops once the loss is below STOP_LOSS. Most variants get there in 50-150 steps;
+# lstm-none first sits on a plateau near 0.08 (two sources not yet told apart, so their targets'
+# first tokens are a coin toss) that it leaves after 200-700 steps, depending on the last bits of
+# the CPU's float arithmetic. The budget is far beyond that, and the asserted loss has a margin.
+STOP_LOSS = 0.01
+MAX_STEPS = 2000
+MAX_LOSS = 0.05
+
+
 def test_variant_overfits_and_reproduces_the_targets(make_model, pad_batch, variant):
     model = make_model(variant, seed=0)
     src = pad_batch([[*s, EOS_ID] for s, _ in PAIRS])
@@ -22,14 +31,18 @@ def test_variant_overfits_and_reproduces_the_targets(make_model, pad_batch, vari
     tgt_out = pad_batch([[*t, EOS_ID] for _, t in PAIRS])
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()
-    for _ in range(300):
+    for _ in range(MAX_STEPS):
         logits = model(src, tgt_in)
         loss = F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=PAD_ID)
-        if loss.item() < 0.01:
+        if loss.item() < STOP_LOSS:
             break
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert loss.item() < 0.01, loss.item()
+    # A model that cannot learn, or cannot see the source, stays far above MAX_LOSS: the four
+    # targets start with four different tokens, so ignoring the source costs at least
+    # ln(4) on each first token, 4 * ln(4) / 18 target tokens = 0.31 on average.
+    assert loss.item() < MAX_LOSS, loss.item()
+    # The property itself: greedy decoding translates every source back to its target exactly.
     hypotheses = greedy_search(model, src, max_len_margin=5)
     assert [h.tokens for h in hypotheses] == [t for _, t in PAIRS]
