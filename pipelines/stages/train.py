@@ -38,6 +38,7 @@ from pipelines.training.callbacks import write_history
 from pipelines.training.checkpoints import fingerprint, resumable_checkpoint
 from pipelines.training.datamodule import TranslationDataModule
 from pipelines.training.export import export_model, warm_start
+from pipelines.training.low_precision import check_precision_support
 from pipelines.training.module import DivergenceError, TranslationModule
 from pipelines.training.trainer import accumulation, build_trainer, launch_rank, world_size
 from pipelines.training.validation import ValidationBleu
@@ -225,6 +226,8 @@ def main(argv: list[str] | None = None) -> None:
         raise PipelineError(
             f"--arch {args.arch}: not in params models ({', '.join(params.models)})"
         )
+    model_config = params.arch(args.arch).model
+    check_precision_support(params.train.precision, params.train.accelerator, model_config)
     with tempfile.TemporaryDirectory(prefix="nmt-champion-") as tmp:
         init_from = champion_to_fine_tune(params, Path(tmp))
         summary = train(args.arch, params, PATHS, args.params, init_from)
