@@ -1,11 +1,12 @@
 """One GPU session, scripted: environment, GPU tests, throughput benchmark, then training runs of
-the real stages (``benchmarks.train_budget`` = ``pipelines.stages.train`` + a wall-clock budget, then
+the real stages (``pipelines.stages.train`` with a wall-clock budget, ``train.max_time_s``, then
 ``pipelines.stages.evaluate --device cuda``, then the decoding benchmark), all inside one deadline.
 
 Every run works in its own folder (``<work>/<run>``: the code linked, data/prepared and
-data/tokenized linked, its own params.yaml and MLflow store), so runs may share the GPU. What a
-session produced is packed into ``<out>/results.tar.gz`` (no weights or checkpoints) with the
-session log; ``python -m benchmarks.bench report`` turns the unpacked folder into tables.
+data/tokenized linked, its own params.yaml, with the run's budget, and MLflow store), so runs may
+share the GPU. What a session produced is packed into ``<out>/results.tar.gz`` (no weights or
+checkpoints) with the session log; ``python -m benchmarks.bench report`` turns the unpacked
+folder into tables.
 
     python -m benchmarks.gpu_session --plan final --out "$OUT" --deadline-s 560
 """
@@ -142,7 +143,8 @@ PLANS: dict[str, dict[str, Any]] = {
 }
 
 
-def make_workdir(work: Path, run: Run, profile: dict[str, Any]) -> Path:
+def make_workdir(work: Path, run: Run, profile: dict[str, Any], max_time_s: float) -> Path:
+    """The run's folder; its params.yaml trains `run.arch` for at most `max_time_s` seconds."""
     folder = work / run.name
     if folder.exists():
         shutil.rmtree(folder)
@@ -154,6 +156,7 @@ def make_workdir(work: Path, run: Run, profile: dict[str, Any]) -> Path:
     shutil.copy2(REPO / "dvc.yaml", folder / "dvc.yaml")  # marks the root of the MLflow store
     params = deep_update(copy.deepcopy(profile), run.overrides)
     params["architectures"] = [run.arch]
+    params.setdefault("train", {})["max_time_s"] = max_time_s
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return folder
 
@@ -168,11 +171,11 @@ def run_env(folder: Path) -> dict[str, str]:
     return env
 
 
-def commands(run: Run, budget_s: float, device: str = "cuda") -> list[list[str]]:
+def commands(run: Run, device: str = "cuda") -> list[list[str]]:
     py = sys.executable
     stage = ["--arch", run.arch, "--params", "params.yaml"]
     cmds = [
-        [py, "-m", "benchmarks.train_budget", "--budget-s", f"{budget_s:.0f}", *stage],
+        [py, "-m", "pipelines.stages.train", *stage],
         [py, "-m", "pipelines.stages.evaluate", *stage, "--device", device],
     ]
     if run.decode_bench:
@@ -185,12 +188,9 @@ def commands(run: Run, budget_s: float, device: str = "cuda") -> list[list[str]]
 class RunProcess:
     """The run's commands one after the other, each started when the previous one succeeded."""
 
-    def __init__(
-        self, run: Run, folder: Path, deadline: float, eval_reserve_s: float, device: str
-    ) -> None:
+    def __init__(self, run: Run, folder: Path, deadline: float, device: str) -> None:
         self.run, self.folder, self.deadline = run, folder, deadline
-        budget = min(run.budget_s, deadline - time.monotonic() - eval_reserve_s)
-        self.pending = commands(run, max(budget, 10.0), device)
+        self.pending = commands(run, device)
         self.timings: list[dict[str, Any]] = []
         self.process: subprocess.Popen | None = None
         self.log = open(folder / "run.log", "w")  # noqa: SIM115  (closed in poll)
@@ -232,12 +232,28 @@ class RunProcess:
         return True
 
 
+def start_run(
+    run: Run,
+    profile: dict[str, Any],
+    work: Path,
+    deadline: float,
+    eval_reserve_s: float,
+    device: str,
+) -> RunProcess:
+    """The run in its folder, training for its budget or what is left before `deadline` less
+    `eval_reserve_s` for evaluation (10 s at least), whichever is shorter."""
+    budget = min(run.budget_s, deadline - time.monotonic() - eval_reserve_s)
+    max_time_s = float(round(max(budget, 10.0)))
+    log.info("%s: training budget %.0f s", run.name, max_time_s)
+    return RunProcess(run, make_workdir(work, run, profile, max_time_s), deadline, device)
+
+
 def run_plan(
     plan: dict[str, Any], profile: dict[str, Any], work: Path, deadline: float, device: str
 ) -> None:
     runs: list[Run] = plan["runs"]
     if plan["concurrent"]:
-        active = [RunProcess(r, make_workdir(work, r, profile), deadline, 90, device) for r in runs]
+        active = [start_run(r, profile, work, deadline, 90, device) for r in runs]
         while not all(p.poll() for p in active):
             time.sleep(2)
         for process in active:
@@ -247,7 +263,7 @@ def run_plan(
         if time.monotonic() > deadline - 60:
             log.warning("deadline: %s not started", run.name)
             continue
-        process = RunProcess(run, make_workdir(work, run, profile), deadline, 60, device)
+        process = start_run(run, profile, work, deadline, 60, device)
         while not process.poll():
             time.sleep(1)
         log.info("%s: %s", run.name, process.timings)
@@ -288,6 +304,59 @@ def pack(work: Path, out: Path) -> Path:
     return target
 
 
+ENVIRONMENT_REPORT = (
+    "import torch, lightning, mlflow, sacrebleu, transformers, sys; "
+    "print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, "
+    "'cudnn', torch.backends.cudnn.version()); print('lightning', lightning.__version__,"
+    " 'mlflow', mlflow.__version__, 'sacrebleu', sacrebleu.__version__, 'transformers', "
+    "transformers.__version__)"
+)
+
+
+def log_environment(work: Path) -> None:
+    """The GPU and the versions of the libraries, into <work>/environment.log and the log."""
+    env_log = work / "environment.log"
+    shell(["nvidia-smi"], env_log, 30)
+    shell([sys.executable, "-c", ENVIRONMENT_REPORT], env_log, 60)
+    log.info("environment: %s", env_log.read_text()[-600:])
+
+
+def run_gpu_tests(work: Path) -> None:
+    code = shell(
+        [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/test_fast_paths.py",
+         "tests/test_cuda_graphs.py", "-p", "no:cacheprovider"],
+        work / "gpu_tests.log",
+        120,
+    )  # fmt: skip
+    log.info("GPU tests: exit %s", code)
+
+
+def run_throughput_bench(plan: dict[str, Any], profile: Path, work: Path, timeout: float) -> None:
+    bench_out = work / "bench_throughput.json"
+    bench = [sys.executable, "-m", "benchmarks.bench", "throughput"]
+    code = shell(
+        [*bench, "--params", str(profile), "--out", str(bench_out), *plan["bench"]],
+        work / "bench_throughput.log",
+        timeout,
+    )
+    log.info("throughput benchmark: exit %s", code)
+
+
+def report_and_pack(work: Path, out: Path) -> Path:
+    """`bench report` over the runs, the packed results, and the benchmark's JSON files in `out`."""
+    report = work / "report.json"
+    shell(
+        [sys.executable, "-m", "benchmarks.bench", "report", str(work), "--out", str(report)],
+        work / "report.log",
+        30,
+    )
+    tarball = pack(work, out)
+    for name in ("bench_throughput.json", "report.json"):
+        if (work / name).exists():
+            shutil.copy2(work / name, out / name)
+    return tarball
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu_session", description=__doc__)
     parser.add_argument("--plan", choices=sorted(PLANS), required=True)
@@ -308,53 +377,18 @@ def main(argv: list[str] | None = None) -> None:
     )
     plan = PLANS[args.plan]
     profile = yaml.safe_load(args.profile.read_text())
-    env_log = args.work / "environment.log"
-    shell(["nvidia-smi"], env_log, 30)
-    shell(
-        [
-            sys.executable,
-            "-c",
-            "import torch, lightning, mlflow, sacrebleu, transformers, sys; "
-            "print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, "
-            "'cudnn', torch.backends.cudnn.version()); print('lightning', lightning.__version__,"
-            " 'mlflow', mlflow.__version__, 'sacrebleu', sacrebleu.__version__, 'transformers', "
-            "transformers.__version__)",
-        ],
-        env_log,
-        60,
-    )
-    log.info("environment: %s", env_log.read_text()[-600:])
+    log_environment(args.work)
     if plan["gpu_tests"]:
-        code = shell(
-            [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/test_fast_paths.py",
-             "tests/test_cuda_graphs.py", "-p", "no:cacheprovider"],
-            args.work / "gpu_tests.log",
-            120,
-        )  # fmt: skip
-        log.info("GPU tests: exit %s", code)
+        run_gpu_tests(args.work)
     if plan.get("bench_after"):  # the runs first: the benchmark gets what time is left
         run_plan(plan, profile, args.work, deadline - plan["bench_after"], args.device)
     if plan["bench"] is not None:
-        bench_out = args.work / "bench_throughput.json"
-        bench = [sys.executable, "-m", "benchmarks.bench", "throughput"]
-        code = shell(
-            [*bench, "--params", str(args.profile), "--out", str(bench_out), *plan["bench"]],
-            args.work / "bench_throughput.log",
-            min(420, deadline - time.monotonic() - (20 if plan.get("bench_after") else 200)),
-        )
-        log.info("throughput benchmark: exit %s", code)
+        reserve = 20 if plan.get("bench_after") else 200
+        timeout = min(420, deadline - time.monotonic() - reserve)
+        run_throughput_bench(plan, args.profile, args.work, timeout)
     if not plan.get("bench_after"):
         run_plan(plan, profile, args.work, deadline, args.device)
-    report = args.work / "report.json"
-    shell(
-        [sys.executable, "-m", "benchmarks.bench", "report", str(args.work), "--out", str(report)],
-        args.work / "report.log",
-        30,
-    )
-    tarball = pack(args.work, args.out)
-    for name in ("bench_throughput.json", "report.json"):
-        if (args.work / name).exists():
-            shutil.copy2(args.work / name, args.out / name)
+    tarball = report_and_pack(args.work, args.out)
     log.info("packed %s (%.1f MB) after %.0f s", tarball, tarball.stat().st_size / 1e6,
              time.monotonic() - start)  # fmt: skip
 

@@ -20,10 +20,7 @@ from typing import Any
 
 import sacrebleu
 
-
-def read_references(prepared: Path, split: str) -> list[str]:
-    with open(prepared / f"{split}.jsonl", encoding="utf-8") as handle:
-        return [json.loads(line)["tgt"] for line in handle]
+from pipelines.data.prepared import read_references
 
 
 def moses_tokenize(sentences: list[str], lang: str) -> list[str] | None:

@@ -245,3 +245,8 @@ class RecurrentSeq2Seq(Seq2Seq):
     def cross_attention(self, src: Tensor, tgt_in: Tensor) -> Tensor | None:
         """The attention over the source, [1, T, S] (a single "head"), or None without attention."""
         return self._decode(tgt_in, self.encode(src))[1]
+
+    def sided_modules(self) -> tuple[list[nn.Module], list[nn.Module]]:
+        # The bridge runs once per sentence, not per token; it counts on the side it starts.
+        decoder = [self.bridge, self.decoder, self.attention, self.combine, self.output_projection]
+        return [self.encoder], [module for module in decoder if module is not None]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,12 @@ def select_batch(value: Any, index: Tensor) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(select_batch(item, index) for item in value)
     return value
+
+
+def count_parameters(modules: Iterable[nn.Module]) -> int:
+    """Parameters of `modules`, each shared (tied) one counted once."""
+    unique = {id(p): p for module in modules for p in module.parameters()}
+    return sum(p.numel() for p in unique.values())
 
 
 class Seq2Seq(nn.Module, ABC):
@@ -77,3 +84,18 @@ class Seq2Seq(nn.Module, ABC):
     def num_parameters(self) -> int:
         """Trainable and frozen parameters, each shared (tied) matrix counted once."""
         return sum(p.numel() for p in self.parameters())
+
+    @abstractmethod
+    def sided_modules(self) -> tuple[list[nn.Module], list[nn.Module]]:
+        """The modules whose parameters multiply each source / target token's activations:
+        (encoder side, decoder side).
+
+        Embedding lookups are no matrix products and are left out; the output projection (tied
+        to an embedding or not) is on the decoder side.
+        """
+
+    def sided_parameters(self) -> tuple[int, int]:
+        """(encoder, decoder) parameters of :meth:`sided_modules`, each side counting a shared
+        parameter once: the weights a source / target token's activations pass through."""
+        encoder, decoder = self.sided_modules()
+        return count_parameters(encoder), count_parameters(decoder)

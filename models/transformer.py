@@ -238,3 +238,8 @@ class TransformerSeq2Seq(Seq2Seq):
         """The last decoder layer's attention over the source, per head: [heads, T, S]."""
         _, weights = self._decode(tgt_in, self.encode(src), need_weights=True)
         return weights[0]
+
+    def sided_modules(self) -> tuple[list[nn.Module], list[nn.Module]]:
+        encoder = [*self.encoder_layers, self.encoder_norm]
+        decoder = [*self.decoder_layers, self.decoder_norm, self.output_projection]
+        return encoder, decoder

@@ -1,0 +1,53 @@
+"""What `bench throughput` measures: jobs (a model, how it runs) and their order."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Job:
+    """One model to measure: our `arch` or Marian mirroring it, eager, compiled or (ours) with
+    CUDA graphs of its loss (`graphed`); our eager model with bf16 weight copies kept between
+    steps (`copies`) or autocast's per-call casts."""
+
+    arch: str
+    kind: str  # "ours" | "marian"
+    compiled: bool = False
+    copies: bool = False
+    graphed: bool = False
+
+    def spec(self) -> str:
+        mode = "compiled" if self.compiled else "graphed" if self.graphed else "eager"
+        return f"{self.arch},{self.kind},{mode},{'copies' if self.copies else 'casts'}"
+
+    @classmethod
+    def parse(cls, spec: str) -> Job:
+        parts = spec.split(",")
+        choices = (("ours", "marian"), ("eager", "compiled", "graphed"), ("copies", "casts"))
+        if len(parts) != 4 or any(p not in c for p, c in zip(parts[1:], choices, strict=True)):
+            raise ValueError(
+                f"bad --job {spec!r}: ARCH,ours|marian,eager|compiled|graphed,copies|casts"
+            )
+        arch, kind, mode, weights = parts
+        return cls(arch, kind, mode == "compiled", weights == "copies", mode == "graphed")
+
+
+def planned_jobs(
+    args: argparse.Namespace, archs: list[str], copies: list[bool], graphs: list[bool]
+) -> list[tuple[int, Job]]:
+    """(round, job) in measuring order: the models that are not compiled round by round (ours in
+    each requested variant, Marian, ours, Marian, ...), so that a drift of the machine shows as a
+    spread between rounds; then the compiled ones, once."""
+    eager = []
+    for arch in archs:
+        eager += [Job(arch, "ours", graphed=True)] if True in graphs else []
+        eager += [Job(arch, "ours", copies=c) for c in copies] if False in graphs else []
+    if args.marian:
+        eager.append(Job(args.marian, "marian"))
+    jobs = [(round_, job) for round_ in range(args.rounds) for job in eager]
+    jobs += [(0, Job(arch, "ours", compiled=True)) for arch in args.compile or []]
+    if args.marian and args.compile_marian:
+        jobs.append((0, Job(args.marian, "marian", compiled=True)))
+    return jobs
