@@ -180,13 +180,21 @@ def test_every_architecture_run_carries_its_lineage(tiny_pipeline, store, arch_r
         assert tags["git.dirty"] in ("true", "false")
         assert tags["dvc.data_hash"] == data_md5
         assert HEX64.match(tags["dvc.lock_sha256"])
-        for key in ("version.python", "version.torch", "version.lightning", "device"):
+        for key in ("version.python", "version.torch", "version.lightning", "version.mlflow"):
             assert tags[key], key
+        # The device and the thread count: what tells apart two runs of one commit.
+        assert tags["device"] and tags["device.cpu"] and int(tags["torch.num_threads"]) >= 1
+        # MLflow's own source tags, for the UI's Source and User columns.
+        assert tags["mlflow.source.git.commit"] == head
+        assert tags["mlflow.source.name"].endswith(f"pipelines.stages.train --arch {arch}")
+        assert tags["mlflow.user"] and tags["mlflow.source.type"] == "LOCAL"
         assert tags["sacrebleu.signature"].startswith("nrefs:1|case:mixed")
         assert tags["mlflow.parentRunId"]
-        # Every param, flattened, is on the run (lists as JSON).
+        # Every param, flattened, is on the run (lists as JSON); of `models`, only its own.
         logged = run.data.params
-        assert set(flat) <= set(logged), sorted(set(flat) - set(logged))[:5]
+        own = {k for k in flat if not k.startswith("models.") or k.startswith(f"models.{arch}.")}
+        assert own <= set(logged), sorted(own - set(logged))[:5]
+        assert not [k for k in logged if k.startswith("models.") and k not in own]
         assert logged["seed"] == str(params.seed) and logged["arch"] == arch
         assert json.loads(logged["data.test_splits"]) == params.data.test_splits
         # The splits it saw, as dataset inputs with their roles.
@@ -200,6 +208,7 @@ def test_every_architecture_run_carries_its_lineage(tiny_pipeline, store, arch_r
         # BLEU per test set and per source-length bucket.
         metrics = run.data.metrics
         assert "val/bleu" in metrics
+        assert metrics["train/lr"] > 0  # the schedule's rate, logged by LearningRateMonitor
         for split in params.data.test_splits:
             assert 0.0 <= metrics[f"test/{split}/bleu"] <= 100.0
             assert f"test/{split}/chrf" in metrics

@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.tracking import registry, retrain, runlock
+from pipelines.ops import retrain, runlock
+from pipelines.tracking import registry
 from tests.pipeline_helpers import (
     SHARED,
     cut_corpus,

@@ -53,7 +53,7 @@ def next_log_probs(logits: Tensor, at_limit: Tensor) -> Tensor:
 
 
 def greedy_search(
-    model: Seq2Seq, src: Tensor, max_len_margin: int = 50, return_attention: bool = False
+    model: Seq2Seq, src: Tensor, max_len_margin: int, return_attention: bool = False
 ) -> list[Hypothesis]:
     """The most probable token at every step; score is the sum of log-probabilities."""
     with inference(model):

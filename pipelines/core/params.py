@@ -303,9 +303,14 @@ class Params:
         dataset = Path(self.data.dataset.rstrip("/")).name or self.data.dataset
         return f"{dataset}-{self.data.src_lang}-{self.data.tgt_lang}"
 
-    def flat(self) -> dict[str, Any]:
-        """Every param as ``section.key`` -> value, for experiment trackers."""
-        return flatten(asdict(self))
+    def flat(self, arch: str | None = None) -> dict[str, Any]:
+        """Every param as ``section.key`` -> value, for experiment trackers; with `arch`, of the
+        ``models`` entries only that architecture's own."""
+        flat = flatten(asdict(self))
+        if arch is None:
+            return flat
+        own = f"models.{arch}."
+        return {k: v for k, v in flat.items() if not k.startswith("models.") or k.startswith(own)}
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

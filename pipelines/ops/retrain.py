@@ -48,7 +48,7 @@ from typing import Any
 from models.config import ConfigError
 from pipelines.core.atomic import atomic_write_json
 from pipelines.core.errors import PipelineError
-from pipelines.core.params import Params, load_params
+from pipelines.core.params import DecodingSettings, Params, load_params
 from pipelines.ops.runlock import LockHeld, RunLock
 from pipelines.tracking import registry, runs
 
@@ -354,10 +354,7 @@ def describe_pass(
         signature=scores["challenger"]["signature"],
         split_sha256=manifest["splits"][split]["sha256"],
         sentences=scores["challenger"]["sentences"],
-        decoding={
-            key: getattr(params.evaluate, key)
-            for key in ("beam_size", "length_penalty", "max_len_margin", "batch_size")
-        },
+        decoding=params.evaluate.to_dict(),
         data={
             "dataset": params.data.dataset,
             "revision": params.data.revision,
@@ -388,7 +385,8 @@ def settle(client, record: dict[str, Any], folder: Path, promote: bool, reason: 
     name, champion = record["registered_model"], record["champion_before"]
     if registry.champion_version(name, client=client) != champion:
         raise RetrainError(f"{name}@champion moved while retraining; leaving it alone")
-    version = registry.log_and_register(record["challenger"]["run_id"], folder, name, client=client)
+    run_id, decoding = record["challenger"]["run_id"], DecodingSettings(**record["decoding"])
+    version = registry.log_and_register(run_id, folder, name, decoding=decoding, client=client)
     record["challenger"]["version"] = version
     if version == champion:
         promote, reason = False, f"the challenger is the champion already (version {version})"

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     log.info("wrote %s", ", ".join(str(PATHS.reports / name) for name in REPORT_FILES))
     example = read_sources(PATHS.prepared, params.data.validation_split)[:2]
     name, split = params.tracking.registered_model, params.data.primary_test_split
-    promotion = register_best(rows, PATHS, name, split, example)
+    promotion = register_best(rows, PATHS, name, split, example, params.evaluate)
     log.info("%s version %s: %s", name, promotion.version, promotion.reason)
 
 

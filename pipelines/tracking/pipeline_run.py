@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pipelines.core.params import DecodingSettings
 from pipelines.core.paths import ProjectPaths
 from pipelines.reports.comparison import REPORT_FILES, best_row
 from pipelines.tracking import registry, runs
@@ -38,6 +39,7 @@ def register_best(
     registered_name: str,
     split: str,
     example: list[str] | None,
+    decoding: DecodingSettings | None = None,
 ) -> registry.Promotion:
     """Register the best architecture's model and record the outcome on the parent run."""
     best = best_row(rows, split)
@@ -49,6 +51,7 @@ def register_best(
         split,
         replace_champion=False,
         input_example=example,
+        decoding=decoding,
         client=client,
     )
     parent_id = parent_run_of(paths, best["architecture"])

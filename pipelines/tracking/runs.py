@@ -117,13 +117,41 @@ def data_hash(dataset: str) -> str:
     return outs[0].get("md5", "") if outs else ""
 
 
+LIBRARIES = ("mlflow", "dvc", "sacrebleu", "sentencepiece", "datasets", "numpy", "safetensors")
+
+
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def library_versions() -> dict[str, str]:
+    """``version.<name>`` of the libraries whose results a run depends on, as installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[f"version.{name}"] = version(name)
+        except PackageNotFoundError:
+            versions[f"version.{name}"] = "none"
+    return versions
+
+
 def lineage_tags(dataset: str) -> dict[str, str]:
-    """Code, data and pipeline versions plus software and device, as MLflow tags."""
+    """Code, data and pipeline versions plus software, device and threads, as MLflow tags: two
+    runs of one commit that disagree can be told apart by them."""
     import lightning
     import torch
 
     root = repo_root()
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
     return {
         "git.commit": _git("rev-parse", "HEAD") or "unknown",
         # dvc.lock is rewritten by the pipeline run itself; its hash is tagged separately.
@@ -137,7 +165,33 @@ def lineage_tags(dataset: str) -> dict[str, str]:
         "version.torch": torch.__version__,
         "version.lightning": lightning.__version__,
         "version.cuda": torch.version.cuda or "none",
-        "device": device or platform.machine(),
+        **library_versions(),
+        "device": gpu or cpu_model(),
+        "device.cpu": cpu_model(),
+        "torch.num_threads": str(torch.get_num_threads()),
+    }
+
+
+def source_tags(entry_point: str) -> dict[str, str]:
+    """MLflow's own source tags (the UI's Source and User columns), as `mlflow run` sets them."""
+    import getpass
+
+    from mlflow.utils.mlflow_tags import (
+        MLFLOW_GIT_COMMIT,
+        MLFLOW_SOURCE_NAME,
+        MLFLOW_SOURCE_TYPE,
+        MLFLOW_USER,
+    )
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return {
+        MLFLOW_GIT_COMMIT: _git("rev-parse", "HEAD") or "unknown",
+        MLFLOW_SOURCE_NAME: entry_point,
+        MLFLOW_SOURCE_TYPE: "LOCAL",
+        MLFLOW_USER: user,
     }
 
 
@@ -156,7 +210,8 @@ def parent_run_id(client, exp_id: str, key: str, run_name: str) -> str:
     )
     if found:
         return found[0].info.run_id
-    run = client.create_run(exp_id, run_name=run_name, tags={PARENT_KEY_TAG: key})
+    tags = {PARENT_KEY_TAG: key, **source_tags("dvc repro")}
+    run = client.create_run(exp_id, run_name=run_name, tags=tags)
     return run.info.run_id
 
 

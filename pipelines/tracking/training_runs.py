@@ -50,10 +50,11 @@ def open_training_run(
         "mlflow.parentRunId": parent_id,
         runs.ARCH_TAG: arch,
         **runs.lineage_tags(params.data.dataset),
+        **runs.source_tags(f"python -m pipelines.stages.train --arch {arch}"),
     }
     run_id = client.create_run(exp_id, run_name=arch, tags=tags).info.run_id
     atomic_write_json(ckpt_dir / "fingerprint.json", {"fingerprint": key, "run_id": run_id})
-    runs.log_params(client, run_id, params.flat() | {"arch": arch})
+    runs.log_params(client, run_id, params.flat(arch) | {"arch": arch})
     runs.log_dataset_inputs(client, run_id, read_manifest(prepared))
     for model_file in tokenizers.model_files:
         client.log_artifact(run_id, str(model_file), artifact_path="tokenizer")

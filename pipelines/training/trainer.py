@@ -8,7 +8,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, Timer
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, Timer
 from lightning.pytorch.loggers import Logger
 
 from pipelines.core.errors import PipelineError
@@ -110,6 +110,8 @@ def build_trainer(
         callbacks.append(
             Timer(duration=timedelta(seconds=params.train.max_time_s), interval="epoch")
         )
+    if logger is not None:  # the schedule's rate per step, as train/lr (a curve in MLflow)
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
     if optim.early_stopping_patience > 0:
         callbacks.append(
             EarlyStopping(
