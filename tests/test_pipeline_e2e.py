@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import time
 
 import pytest
 import yaml
 
-from tests.pipeline_helpers import REPO, SHARED, run, write_params
+from tests.pipeline_helpers import REPO, SHARED, git, run, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -110,6 +111,35 @@ def test_changing_beam_size_reruns_only_evaluate_and_compare(tiny_pipeline):
         for split, values in json.loads((repo / "metrics" / f"{arch}.json").read_text()).items():
             assert logged[f"test/{split}/bleu"] == values["bleu"], (arch, split)
             assert logged[f"test/{split}/chrf"] == values["chrf"], (arch, split)
+
+
+def test_metrics_and_curves_are_compared_across_commits(tiny_pipeline, tmp_path):
+    """Metrics and the report are small files in git, so `dvc metrics diff` compares commits, and
+    the top-level plot overlays every architecture's validation BLEU curve."""
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_pipeline.repo, repo, symlinks=True)
+    archs = tiny_pipeline.params["architectures"]
+    tracked = ["params.yaml", "dvc.lock", "metrics", "reports"]
+    git(repo, "add", *tracked)
+    git(repo, "commit", "-qm", "beam 2")
+    assert "metrics/transformer.json" in git(repo, "ls-files", "metrics")
+    assert "reports/comparison.csv" in git(repo, "ls-files", "reports")
+    assert "validation_curves.png" not in git(repo, "ls-files", "reports")  # images stay out
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["evaluate"]["beam_size"] = 1
+    write_params(repo, params)
+    run(repo, "dvc", "repro")
+    git(repo, "add", *tracked)
+    git(repo, "commit", "-qm", "beam 1")
+    diff = json.loads(run(repo, "dvc", "metrics", "diff", "HEAD~1", "HEAD", "--json").stdout)
+    for arch in archs:
+        changed = diff.get(f"metrics/{arch}.json", {})
+        assert any(key.endswith(".bleu") for key in changed), (arch, sorted(changed))
+    params_diff = json.loads(run(repo, "dvc", "params", "diff", "HEAD~1", "--json").stdout)
+    assert params_diff["params.yaml"]["evaluate.beam_size"] == {"old": 2, "new": 1}
+    shown = json.loads(run(repo, "dvc", "plots", "show", "--json").stdout)
+    curves = shown["data"]["Validation BLEU by architecture"][0]["content"]["data"]["values"]
+    assert {row["field"] for row in curves} == set(archs)
 
 
 def test_readme_names_the_commands_it_promises():

@@ -14,7 +14,13 @@ from pipelines.core.errors import PipelineError
 from pipelines.core.paths import ProjectPaths
 from pipelines.reports.plots import bleu_bars, validation_curves
 
-REPORT_FILES = ("comparison.md", "comparison.csv", "validation_curves.png", "bleu_per_test_set.png")
+REPORT_FILES = (
+    "comparison.md",
+    "comparison.csv",
+    "validation_bleu.csv",
+    "validation_curves.png",
+    "bleu_per_test_set.png",
+)
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
@@ -22,6 +28,21 @@ def read_history(path: Path) -> list[dict[str, float]]:
         return []
     with open(path, encoding="utf-8") as handle:
         return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(handle)]
+
+
+def validation_bleu_table(histories: dict[str, list[dict[str, float]]]) -> str:
+    """Validation BLEU per epoch (1-based), one column per architecture: the data of dvc.yaml's
+    top-level plot that overlays every architecture's curve."""
+    by_epoch: dict[int, dict[str, float]] = {}
+    for arch, rows in histories.items():
+        for row in rows:
+            if "val_bleu" in row:
+                by_epoch.setdefault(int(row["epoch"]) + 1, {})[arch] = row["val_bleu"]
+    lines = [",".join(["epoch", *histories])]
+    for epoch in sorted(by_epoch):
+        values = [str(by_epoch[epoch].get(arch, "")) for arch in histories]
+        lines.append(",".join([str(epoch), *values]))
+    return "\n".join(lines) + "\n"
 
 
 def collect(archs: list[str], test_splits: list[str], paths: ProjectPaths) -> list[dict[str, Any]]:
@@ -94,6 +115,7 @@ def compare(archs: list[str], test_splits: list[str], paths: ProjectPaths) -> li
         reports / "comparison.md", to_markdown(rows, metrics[test_splits[0]]["signature"])
     )
     histories = {arch: read_history(paths.logs / arch / "history.csv") for arch in archs}
+    atomic_write_text(reports / "validation_bleu.csv", validation_bleu_table(histories))
     validation_curves(histories, reports / "validation_curves.png")
     scores = {row["architecture"]: {s: row[f"{s}_bleu"] for s in test_splits} for row in rows}
     bleu_bars(scores, reports / "bleu_per_test_set.png")
