@@ -8,20 +8,43 @@ from typing import Any
 
 import sacrebleu
 
+from pipelines.core.errors import PipelineError
+
 LENGTH_BUCKETS = ((1, 10), (11, 20), (21, 30), (31, None))
 # sacreBLEU's tokenizer by target language (sacrebleu#147); 13a for everything else.
 TOKENIZER_BY_LANG = {"zh": "zh", "ja": "ja-mecab", "ko": "ko-mecab"}
+# Tokenizers whose packages are optional: (language named in the error, the project's extra).
+OPTIONAL_TOKENIZERS = {"ja-mecab": ("Japanese", "ja"), "ko-mecab": ("Korean", "ko")}
 
 
 def sacrebleu_tokenizer(tgt_lang: str) -> str:
     return TOKENIZER_BY_LANG.get(tgt_lang, "13a")
 
 
+def bleu_metric(tgt_lang: str) -> sacrebleu.BLEU:
+    """sacreBLEU's BLEU with `tgt_lang`'s tokenizer.
+
+    Japanese and Korean need MeCab, an optional extra: where it is missing, sacreBLEU's
+    RuntimeError (ImportError in other releases) becomes a one-line PipelineError naming the fix.
+    """
+    tokenize = sacrebleu_tokenizer(tgt_lang)
+    try:
+        return sacrebleu.BLEU(tokenize=tokenize)
+    except (ImportError, RuntimeError) as err:
+        if tokenize not in OPTIONAL_TOKENIZERS:
+            raise
+        language, extra = OPTIONAL_TOKENIZERS[tokenize]
+        raise PipelineError(
+            f"data.tgt_lang: {tgt_lang}: scoring {language} needs sacreBLEU's MeCab tokenizer "
+            f"({tokenize}), which is not installed: pip install 'nmt-pipeline[{extra}]'"
+        ) from err
+
+
 def corpus_bleu(hypotheses: list[str], references: list[str], tgt_lang: str) -> float:
     """Corpus BLEU of detokenized `hypotheses` against one reference each (0.0 for none)."""
+    bleu = bleu_metric(tgt_lang)  # before the empty case: a missing tokenizer fails at once
     if not hypotheses:
         return 0.0
-    bleu = sacrebleu.BLEU(tokenize=sacrebleu_tokenizer(tgt_lang))
     return bleu.corpus_score(hypotheses, [references]).score
 
 
@@ -33,8 +56,7 @@ def score(
     hypotheses: list[str], references: list[str], sources: list[str], tgt_lang: str
 ) -> dict[str, Any]:
     """Corpus BLEU and chrF with signatures, and BLEU per source-length bucket."""
-    tokenize = sacrebleu_tokenizer(tgt_lang)
-    bleu = sacrebleu.BLEU(tokenize=tokenize)
+    bleu = bleu_metric(tgt_lang)
     chrf = sacrebleu.CHRF()
     result: dict[str, Any] = {
         "bleu": round(bleu.corpus_score(hypotheses, [references]).score, 2),
@@ -52,7 +74,7 @@ def score(
         ]
         if not members:
             continue
-        bucket_bleu = sacrebleu.BLEU(tokenize=tokenize).corpus_score(
+        bucket_bleu = bleu_metric(tgt_lang).corpus_score(
             [hypotheses[i] for i in members], [[references[i] for i in members]]
         )
         result["length_buckets"][bucket_name(low, high)] = {
@@ -77,7 +99,7 @@ def paired_bootstrap(
     """
     from sacrebleu.significance import PairedTest
 
-    metric = sacrebleu.BLEU(tokenize=sacrebleu_tokenizer(tgt_lang))
+    metric = bleu_metric(tgt_lang)
     systems = [("baseline", baseline), ("candidate", candidate)]
     signatures, results = PairedTest(
         systems, {"BLEU": metric}, [references], test_type="bs", n_samples=n_samples

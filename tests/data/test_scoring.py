@@ -1,11 +1,21 @@
-"""Scoring: corpus BLEU/chrF as sacreBLEU computes them, length buckets, paired bootstrap."""
+"""Scoring: corpus BLEU/chrF as sacreBLEU computes them, length buckets, paired bootstrap;
+Japanese and Korean with the MeCab extra, or a one-line error naming it."""
 
 from __future__ import annotations
+
+import importlib
+import types
 
 import pytest
 import sacrebleu
 
-from pipelines.core.scoring import paired_bootstrap, sacrebleu_tokenizer, score
+from pipelines.core.errors import PipelineError
+from pipelines.core.scoring import (
+    corpus_bleu,
+    paired_bootstrap,
+    sacrebleu_tokenizer,
+    score,
+)
 
 REFERENCES = [
     "Ein Mann fährt Fahrrad auf der Straße.",
@@ -57,3 +67,88 @@ def test_paired_bootstrap_tells_a_clear_difference_from_a_one_sentence_one():
     assert clear["n_samples"] == 1000 and clear["test"] == "paired bootstrap"
     assert "bs:1000|seed:12345" in clear["signature"]
     assert paired_bootstrap(POOR, GOOD, REFERENCES, "de") == clear  # fixed seed: reproducible
+
+
+JA_REFERENCES = ["犬が雪の中で遊んでいる。", "男性が自転車に乗っている。"] * 5
+JA_SOURCES = ["A dog plays in the snow.", "A man rides a bike."] * 5
+JA_POOR = ["犬が遊んでいる。", "男性がいる。"] * 5
+MECAB_MISSING = {
+    "ja": "data.tgt_lang: ja: scoring Japanese needs sacreBLEU's MeCab tokenizer (ja-mecab), "
+    "which is not installed: pip install 'nmt-pipeline[ja]'",
+    "ko": "data.tgt_lang: ko: scoring Korean needs sacreBLEU's MeCab tokenizer (ko-mecab), "
+    "which is not installed: pip install 'nmt-pipeline[ko]'",
+}
+
+
+def every_scorer(tgt_lang: str) -> list:
+    """Each public way to score, as a thunk: all build their BLEU the same way."""
+    return [
+        lambda: corpus_bleu(JA_POOR, JA_REFERENCES, tgt_lang),
+        lambda: corpus_bleu([], [], tgt_lang),  # fails at once, not at the first real hypothesis
+        lambda: score(JA_POOR, JA_REFERENCES, JA_SOURCES, tgt_lang),
+        lambda: paired_bootstrap(JA_POOR, JA_REFERENCES, JA_REFERENCES, tgt_lang, n_samples=10),
+    ]
+
+
+@pytest.mark.parametrize("lang", ["ja", "ko"])
+def test_missing_mecab_is_one_line_naming_the_key_and_the_extra(monkeypatch, lang):
+    # What sacreBLEU does where mecab-python3 / mecab-ko is not installed (whether or not it is).
+    module = importlib.import_module(f"sacrebleu.tokenizers.tokenizer_{lang}_mecab")
+    monkeypatch.setattr(module, "MeCab", None)
+    for scorer in every_scorer(lang):
+        with pytest.raises(PipelineError) as caught:
+            scorer()
+        assert str(caught.value) == MECAB_MISSING[lang]
+        assert isinstance(caught.value.__cause__, RuntimeError)
+
+
+def test_an_import_error_is_reported_the_same_and_other_languages_keep_theirs(monkeypatch):
+    def no_tokenizer(tokenize: str = "13a", **_):
+        raise ImportError(f"no module for {tokenize}")
+
+    monkeypatch.setattr(sacrebleu, "BLEU", no_tokenizer)
+    with pytest.raises(PipelineError, match=r"^data\.tgt_lang: ja: .*nmt-pipeline\[ja\]'$"):
+        corpus_bleu(JA_POOR, JA_REFERENCES, "ja")
+    with pytest.raises(ImportError, match="no module for 13a"):  # not MeCab's: a bug, as it is
+        corpus_bleu(POOR, REFERENCES, "de")
+
+
+class FakeTagger:
+    """MeCab's Tagger as sacreBLEU uses it, with the IPA dictionary: splits into characters."""
+
+    def __init__(self, args: str):
+        assert "-Owakati" in args
+
+    def dictionary_info(self):
+        return types.SimpleNamespace(size=392126, next=None)
+
+    def parse(self, line: str) -> str:
+        return " ".join(line) + " \n"
+
+    def version(self) -> str:
+        return "0.996"
+
+
+def test_japanese_scores_with_mecab(monkeypatch):
+    # MeCab as the ja extra installs it (faked, so this runs whether or not it is installed).
+    module = importlib.import_module("sacrebleu.tokenizers.tokenizer_ja_mecab")
+    monkeypatch.setattr(module, "MeCab", types.SimpleNamespace(Tagger=FakeTagger))
+    monkeypatch.setattr(module, "ipadic", types.SimpleNamespace(MECAB_ARGS=""), raising=False)
+    result = score(JA_POOR, JA_REFERENCES, JA_SOURCES, "ja")
+    assert "tok:ja-mecab-0.996-IPA" in result["signature"]
+    assert 0 < result["bleu"] < 100
+    assert score(JA_REFERENCES, JA_REFERENCES, JA_SOURCES, "ja")["bleu"] == 100.0
+    assert corpus_bleu(JA_POOR, JA_REFERENCES, "ja") == pytest.approx(result["bleu"], abs=0.01)
+    assert (
+        "tok:ja-mecab"
+        in paired_bootstrap(JA_POOR, JA_REFERENCES, JA_REFERENCES, "ja", n_samples=10)["signature"]
+    )
+
+
+def test_japanese_in_this_environment_scores_or_names_the_extra():
+    try:
+        result = score(JA_POOR, JA_REFERENCES, JA_SOURCES, "ja")
+    except PipelineError as err:
+        assert str(err) == MECAB_MISSING["ja"]
+    else:
+        assert result["signature"].count("tok:ja-mecab") == 1
