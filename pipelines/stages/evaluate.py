@@ -21,6 +21,7 @@ from pipelines.core.atomic import atomic_write_json
 from pipelines.core.errors import run_main, setup_logging
 from pipelines.core.params import DecodingSettings, load_params
 from pipelines.core.paths import PATHS
+from pipelines.core.scoring import bleu_metric
 from pipelines.data.prepared import read_sources
 from pipelines.inference.evaluation import evaluate, record_settings
 from pipelines.inference.settings import resolve_device
@@ -80,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     setup_logging()
     params = load_params(args.params)
+    bleu_metric(params.data.tgt_lang)  # a missing tokenizer fails now, not after decoding
     settings = params.evaluate
     model_dir = PATHS.artifacts / args.arch
     device = resolve_device(args.device or settings.device)

@@ -25,6 +25,7 @@ from pipelines.core.atomic import atomic_write_json
 from pipelines.core.errors import PipelineError, run_main, setup_logging
 from pipelines.core.params import Params, load_params
 from pipelines.core.paths import PATHS, ProjectPaths
+from pipelines.core.scoring import bleu_metric
 from pipelines.data.prepared import read_references
 from pipelines.data.vocab import Tokenizers
 from pipelines.tracking import registry, runs
@@ -226,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         raise PipelineError(
             f"--arch {args.arch}: not in params models ({', '.join(params.models)})"
         )
+    bleu_metric(params.data.tgt_lang)  # validation BLEU's tokenizer: fail now, not after an epoch
     model_config = params.arch(args.arch).model
     check_precision_support(params.train.precision, params.train.accelerator, model_config)
     with tempfile.TemporaryDirectory(prefix="nmt-champion-") as tmp:
