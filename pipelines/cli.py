@@ -6,44 +6,90 @@ The pipeline itself runs with `dvc repro`; its stages are `python -m pipelines.<
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
+import stat
 import sys
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 from pipelines.core.errors import PipelineError, run_main, setup_logging
 
+if TYPE_CHECKING:
+    from pipelines.core.params import DecodingSettings
+    from pipelines.inference.translator import Translation, Translator
+
 log = logging.getLogger("nmt")
+PACKAGE = "nmt-pipeline"
 
 
-def read_sentences(source: str) -> list[str]:
-    """Lines from a file or standard input ('-'); blank lines and undecodable bytes are errors.
+def open_input(source: str) -> tuple[BinaryIO, str]:
+    """The binary stream of a file or of standard input ('-'), and its name for messages."""
+    if source == "-":
+        return sys.stdin.buffer, "<stdin>"
+    try:
+        return open(source, "rb"), source  # closed by cmd_translate
+    except FileNotFoundError as err:
+        raise PipelineError(f"{source}: no such file") from err
+    except IsADirectoryError as err:
+        raise PipelineError(f"{source}: is a directory, not a file of sentences") from err
+    except OSError as err:
+        raise PipelineError(f"{source}: cannot be read ({err.strerror})") from err
+
+
+def iter_lines(stream: BinaryIO, name: str) -> Iterator[str]:
+    """The lines of `stream`, decoded one at a time as they arrive; undecodable bytes are an
+    error naming ``<name>:<line>``.
 
     Lines end at ``\n`` (or ``\r\n``) only, so output line N is always the translation of input
-    line N, even when a sentence holds a Unicode line separator.
+    line N, even when a sentence holds a Unicode line separator. A byte order mark before the
+    first line is dropped.
     """
-    name = "<stdin>" if source == "-" else source
+    for number, raw in enumerate(stream, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise PipelineError(f"{name}:{number}: invalid UTF-8") from err
+        if number == 1:
+            line = line.removeprefix("\ufeff")
+        yield line.removesuffix("\n").removesuffix("\r")
+
+
+def count_lines(stream: BinaryIO) -> int | None:
+    """The number of lines left in `stream` when it is a regular file (read with pread, so the
+    stream's position does not move), else None: a pipe or terminal is read once only."""
     try:
-        raw = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
-    except FileNotFoundError as err:
-        raise PipelineError(f"{name}: no such file") from err
-    except IsADirectoryError as err:
-        raise PipelineError(f"{name}: is a directory, not a file of sentences") from err
-    try:
-        text = raw.decode("utf-8").removeprefix("\ufeff")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise PipelineError(f"{name}:{line}: invalid UTF-8") from err
-    lines = [line.removesuffix("\r") for line in text.split("\n")]
-    if lines[-1] == "":
-        lines.pop()  # the newline that ends the last line
-    if not lines:
-        raise PipelineError(f"{name}: no input sentences")
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            raise PipelineError(f"{name}:{number}: empty line (one sentence per line expected)")
-    return lines
+        fd = stream.fileno()
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        offset = os.lseek(fd, 0, os.SEEK_CUR)
+    except (AttributeError, OSError, ValueError):
+        return None
+    lines, last = 0, b"\n"
+    while chunk := os.pread(fd, 1 << 20, offset):
+        lines += chunk.count(b"\n")
+        offset += len(chunk)
+        last = chunk[-1:]
+    return lines + (last != b"\n")
+
+
+def batched(lines: Iterable[str], size: int) -> Iterator[list[str]]:
+    """Consecutive lists of `size` lines (the last one shorter), each as soon as it is full."""
+    iterator = iter(lines)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+def format_n_best(first_line: int, n_best: list[list[Translation]]) -> str:
+    """``<line number>\t<score>\t<hypothesis>`` lines, the best hypotheses of each input line."""
+    return "".join(
+        f"{number}\t{t.score:.4f}\t{t.text}\n"
+        for number, translations in enumerate(n_best, start=first_line)
+        for t in translations
+    )
 
 
 def check_device(device: str) -> str:
@@ -128,18 +174,100 @@ def decoding_settings(translator, args: argparse.Namespace):
     return settings
 
 
+class Progress:
+    """A progress bar over input lines on stderr, only when stdout is not a terminal: from the
+    start for a file of at least `threshold` lines (counted first), else (a pipe, of unknown
+    length) from the moment `threshold` lines have been translated, without a total."""
+
+    def __init__(self, total: int | None, threshold: int) -> None:
+        self.enabled = not sys.stdout.isatty()
+        self.total, self.threshold = total, threshold
+        self.done = 0
+        self.bar = None
+        if self.enabled and total is not None and total >= threshold:
+            self.bar = self._open(0)
+
+    def _open(self, initial: int):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.total, initial=initial, desc="translating", unit="line")
+
+    def update(self, lines: int) -> None:
+        self.done += lines
+        if self.bar is not None:
+            self.bar.update(lines)
+        elif self.enabled and self.total is None and self.done >= self.threshold:
+            self.bar = self._open(self.done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def cmd_translate(args: argparse.Namespace) -> None:
-    for option, value in (("--beam-size", args.beam_size), ("--batch-size", args.batch_size)):
+    for option, value in (
+        ("--beam-size", args.beam_size),
+        ("--batch-size", args.batch_size),
+        ("--n-best", args.n_best),
+    ):
         if value is not None and value < 1:
             raise PipelineError(f"{option}: must be >= 1")
     if args.length_penalty is not None and args.length_penalty < 0:
         raise PipelineError("--length-penalty: must be >= 0")
-    sentences = read_sentences(args.input)
-    translator = load_translator(args.model, check_device(args.device))
-    settings = decoding_settings(translator, args)
-    progress = not sys.stdout.isatty() and len(sentences) >= args.progress_threshold
-    outputs = translator.translate(sentences, settings, progress=progress)
-    sys.stdout.write("".join(f"{line}\n" for line in outputs))
+    stream, name = open_input(args.input)
+    try:
+        translator = load_translator(args.model, check_device(args.device))
+        settings = decoding_settings(translator, args)
+        if args.n_best > settings.beam_size:
+            raise PipelineError(
+                f"--n-best {args.n_best}: must be at most the beam size ({settings.beam_size})"
+            )
+        # A person typing gets each line back at once; a pipe or file is read in full batches.
+        batch_size = 1 if stream.isatty() else settings.batch_size
+        progress = Progress(count_lines(stream), args.progress_threshold)
+        try:
+            lines = iter_lines(stream, name)
+            write_translations(translator, settings, lines, batch_size, args.n_best, progress)
+            if progress.done == 0:
+                log.warning("%s: no input lines", name)
+        finally:
+            progress.close()
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except BrokenPipeError:
+        # The reader went away (`nmt translate big.txt | head`): stop quietly, as `cat` does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+
+
+def write_translations(
+    translator: Translator,
+    settings: DecodingSettings,
+    lines: Iterable[str],
+    batch_size: int,
+    n_best: int,
+    progress: Progress,
+) -> None:
+    """Translate and write `lines` one batch at a time, flushing stdout after each batch: the
+    translations, or with `n_best` > 1 the :func:`format_n_best` lines."""
+    out = getattr(sys.stdout, "buffer", None)  # UTF-8 out, as in, whatever the locale
+    number = 1
+    # batch_size <= settings.batch_size: each batch of lines is one batch of the model.
+    for batch in batched(lines, batch_size):
+        if n_best == 1:
+            text = "".join(f"{t}\n" for t in translator.translate(batch, settings))
+        else:
+            text = format_n_best(number, translator.translate_n_best(batch, n_best, settings))
+        if out is None:
+            sys.stdout.write(text)
+        else:
+            out.write(text.encode("utf-8"))
+        sys.stdout.flush()
+        number += len(batch)
+        progress.update(len(batch))
 
 
 def ui_command(host: str, port: int) -> tuple[list[str], dict[str, str]]:
@@ -191,19 +319,36 @@ def cmd_retrain(args: argparse.Namespace) -> None:
     raise SystemExit(retrain_main(args))
 
 
+def package_version() -> str:
+    """The installed version of the nmt-pipeline package ("unknown" when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(PACKAGE)
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nmt",
         description="Machine-translation pipeline tools. Run the pipeline itself with "
         "`dvc repro`; see README.md.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     translate = commands.add_parser(
         "translate",
         help="translate sentences (one per line) from a file or standard input",
         description="Translate one sentence per line from FILE (default: standard input) to "
-        "standard output, in batches, with beam search. Decoding settings not given as flags "
+        "standard output, with beam search, as a stream: lines are read, translated and written "
+        "one batch (--batch-size lines) at a time and each batch is flushed, so a pipe or a large "
+        "file needs no more memory than a batch; from a terminal, each line is translated as it "
+        "is typed. Output line N is the translation of input line N; an empty (or blank) line "
+        "gives an empty line. Input is UTF-8 and is normalized as the training data was (Unicode "
+        "form recorded in the model's config.json, control characters removed, whitespace "
+        "collapsed). Decoding settings not given as flags "
         "are the model's own: those it was evaluated with, recorded in its decoding.json (a "
         "registered model, or any folder holding one); for an exported folder without one "
         "(artifacts/<arch>), the `evaluate` section of the project's params.yaml when run "
@@ -228,11 +373,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="sentences per batch (default: the model's settings)",
     )  # fmt: skip
     translate.add_argument(
+        "--n-best", type=int, default=1, metavar="K",
+        help="print the K best hypotheses of each input line (1 <= K <= beam size), best first, "
+        "as K lines '<input line number>\\t<score>\\t<hypothesis>' (numbers from 1; score: "
+        "log-probability / GNMT length penalty); an empty input line gives one line with score 0 "
+        "and an empty hypothesis (default 1: plain translations, one line per input line)",
+    )  # fmt: skip
+    translate.add_argument(
         "--device", default="cpu", help="torch device: cpu, cuda, cuda:1, or auto (cuda if any)"
     )
     translate.add_argument(
         "--progress-threshold", type=int, default=200,
-        help="show a progress bar when stdout is not a terminal and there are this many lines",
+        help="show a progress bar on stderr when stdout is not a terminal and the input has "
+        "this many lines (a file: counted first; a pipe: once this many are translated)",
     )  # fmt: skip
     translate.set_defaults(func=cmd_translate)
 

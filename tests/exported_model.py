@@ -47,6 +47,7 @@ def make_exported_folder(folder: Path, seed: int = 0) -> Path:
         "tgt_vocab_size": 64,
         "src_lang": "en",
         "tgt_lang": "de",
+        "unicode_form": "NFKC",  # as the train stage records params.prepare.unicode_form
     }
     (folder / "config.json").write_text(json.dumps(config))
     torch.manual_seed(seed)

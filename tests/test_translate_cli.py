@@ -1,9 +1,15 @@
-"""`nmt translate`: input checks in-process, then the real command on the tiny pipeline's models."""
+"""`nmt translate`: input checks in-process, then the real command on the tiny pipeline's models.
+
+Streaming, n-best, normalization and damaged folders on a fast exported folder:
+test_translate_streaming.py.
+"""
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
+import os
 import subprocess
 import sys
 
@@ -20,32 +26,47 @@ def write(tmp_path, data: bytes):
     return str(path)
 
 
+def read_lines(path: str) -> list[str]:
+    stream, name = cli.open_input(path)
+    with stream:
+        return list(cli.iter_lines(stream, name))
+
+
 def test_lines_end_at_newline_only(tmp_path):
     # \u2028 and \x0c would split a line under str.splitlines and shift every later output line.
     data = "Hello\u2028world\r\nA dog\x0cruns.\nLast line".encode()
-    assert cli.read_sentences(write(tmp_path, data)) == [
-        "Hello\u2028world",
-        "A dog\x0cruns.",
-        "Last line",
-    ]
+    assert read_lines(write(tmp_path, data)) == ["Hello\u2028world", "A dog\x0cruns.", "Last line"]
 
 
 def test_byte_order_mark_is_not_part_of_the_first_sentence(tmp_path):
-    assert cli.read_sentences(write(tmp_path, b"\xef\xbb\xbfA cat.\n")) == ["A cat."]
+    assert read_lines(write(tmp_path, b"\xef\xbb\xbfA cat.\n")) == ["A cat."]
+
+
+def test_empty_and_blank_lines_are_lines(tmp_path):
+    assert read_lines(write(tmp_path, b"")) == []
+    assert read_lines(write(tmp_path, b"\n")) == [""]
+    assert read_lines(write(tmp_path, b"One.\n  \n\r\nTwo.\n")) == ["One.", "  ", "", "Two."]
+
+
+def test_lines_are_decoded_as_they_are_read_and_bad_bytes_name_the_line():
+    stream = io.BytesIO(b"One.\nTwo \xff\xfe.\nThree.\n")
+    lines = cli.iter_lines(stream, "input.txt")
+    assert next(lines) == "One."
+    with pytest.raises(PipelineError, match=r"^input.txt:2: invalid UTF-8$"):
+        next(lines)
 
 
 @pytest.mark.parametrize(
-    ("data", "message"),
-    [
-        (b"", "input.txt: no input sentences"),
-        (b"\n", "input.txt:1: empty line"),
-        (b"One.\n  \nTwo.\n", "input.txt:2: empty line"),
-        (b"One.\nTwo \xff\xfe.\n", "input.txt:2: invalid UTF-8"),
-    ],
+    ("data", "count"),
+    [(b"", 0), (b"\n", 1), (b"a\nb", 2), (b"a\nb\n", 2), (b"x" * (3 << 20) + b"\ny", 2)],
 )
-def test_malformed_input_names_file_and_line(tmp_path, data, message):
-    with pytest.raises(PipelineError, match=message):
-        cli.read_sentences(write(tmp_path, data))
+def test_a_regular_file_is_counted_without_moving_its_position(tmp_path, data, count):
+    with open(write(tmp_path, data), "rb") as stream:
+        assert cli.count_lines(stream) == count
+        assert stream.tell() == 0
+    read, _ = os.pipe()
+    with os.fdopen(read, "rb") as pipe:
+        assert cli.count_lines(pipe) is None  # a pipe is read once, not counted
 
 
 def run_main(capsys, *argv: str) -> str:
@@ -73,6 +94,7 @@ def test_missing_input_file_is_a_one_line_error(tmp_path, capsys):
     [
         ("--beam-size", "0", "--beam-size: must be >= 1"),
         ("--batch-size", "0", "--batch-size: must be >= 1"),
+        ("--n-best", "0", "--n-best: must be >= 1"),
         ("--device", "toaster", "--device toaster: not a torch device"),
         ("--device", "cuda:99", "--device cuda:99"),
     ],
@@ -192,14 +214,18 @@ def test_without_flags_both_decode_with_the_evaluated_settings(tiny_pipeline, ch
 @needs_pipeline
 def test_progress_goes_to_stderr_and_output_stays_clean(tiny_pipeline, champion):
     _, folder = champion
-    sentences = source_sentences(tiny_pipeline.repo, 6)
-    stdin = "".join(f"{s}\n" for s in sentences).encode()
-    args = ("--model", str(folder), "--beam-size", "1", "--batch-size", "2")
-    quiet = translate(tiny_pipeline.repo, *args, stdin=stdin)
-    shown = translate(tiny_pipeline.repo, *args, "--progress-threshold", "1", stdin=stdin)
+    repo = tiny_pipeline.repo
+    sentences = source_sentences(repo, 6)
+    (repo / "tmp_input.txt").write_text("".join(f"{s}\n" for s in sentences), encoding="utf-8")
+    args = ("--model", str(folder), "--beam-size", "1", "--batch-size", "2", "tmp_input.txt")
+    try:
+        quiet = translate(repo, *args)
+        shown = translate(repo, *args, "--progress-threshold", "1")
+    finally:
+        (repo / "tmp_input.txt").unlink()
     assert quiet.returncode == shown.returncode == 0
     assert b"translating" not in quiet.stderr
-    assert b"translating" in shown.stderr and b"3/3" in shown.stderr
+    assert b"translating" in shown.stderr and b"6/6" in shown.stderr  # lines of a counted file
     assert shown.stdout == quiet.stdout
 
 
@@ -209,8 +235,6 @@ def test_progress_goes_to_stderr_and_output_stays_clean(tiny_pipeline, champion)
     ("stdin", "model", "message"),
     [
         (b"A dog.\n\xc3\x28\n", None, b"error: <stdin>:2: invalid UTF-8\n"),
-        (b"A dog.\n\nA cat.\n", None, b"error: <stdin>:2: empty line"),
-        (b"", None, b"error: <stdin>: no input sentences\n"),
         (b"A dog.\n", "artifacts/no_such_arch", b"not an exported model folder"),
         (b"A dog.\n", "models:/no-such-model@champion", b"no-such-model@champion: cannot be"),
     ],
@@ -221,3 +245,17 @@ def test_malformed_input_exits_2_without_traceback(tiny_pipeline, champion, stdi
     assert message in done.stderr
     assert b"Traceback" not in done.stderr
     assert done.stdout == b""
+
+
+@pytest.mark.slow
+@needs_pipeline
+def test_empty_lines_and_empty_input_keep_the_line_alignment(tiny_pipeline, champion):
+    _, folder = champion
+    sentences = source_sentences(tiny_pipeline.repo, 2)
+    stdin = f"{sentences[0]}\n\n  \n{sentences[1]}\n".encode()
+    done = translate(tiny_pipeline.repo, "--model", str(folder), stdin=stdin)
+    assert done.returncode == 0, done.stderr.decode()
+    lines = done.stdout.decode().split("\n")
+    assert len(lines) == 5 and lines[1:3] == ["", ""] and lines[4] == ""
+    nothing = translate(tiny_pipeline.repo, "--model", str(folder), stdin=b"")
+    assert nothing.returncode == 0 and nothing.stdout == b""

@@ -29,6 +29,29 @@ def beam_search(
     A hypothesis that emits EOS leaves the beam and is kept; a sentence is done once `beam_size`
     hypotheses have finished (or at its length limit). Score: sum of log-probabilities / lp(|Y|).
     """
+    n_best = beam_search_n_best(
+        model, src, 1, beam_size, length_penalty, max_len_margin, return_attention
+    )
+    return [hypotheses[0] for hypotheses in n_best]
+
+
+def beam_search_n_best(
+    model: Seq2Seq,
+    src: Tensor,
+    n_best: int = 1,
+    beam_size: int = DecodingSettings.beam_size,
+    length_penalty: float = DecodingSettings.length_penalty,
+    max_len_margin: int = DecodingSettings.max_len_margin,
+    return_attention: bool = False,
+) -> list[list[Hypothesis]]:
+    """The best `n_best` (1 <= n_best <= beam_size) finished hypotheses per sentence, best first.
+
+    The same search as :func:`beam_search`, whose hypothesis is the first of each list (ties keep
+    the order in which they finished). A list is shorter than `n_best` only when fewer hypotheses
+    could finish (a vocabulary smaller than the beam).
+    """
+    if not 1 <= n_best <= beam_size:
+        raise ValueError(f"n_best must be between 1 and beam_size ({beam_size}), got {n_best}")
     with inference(model):
         batch, beam = src.size(0), beam_size
         device = src.device
@@ -95,4 +118,8 @@ def beam_search(
             if attention_history is not None:
                 attention_history = attention_history[rows]
             state = model.reorder_state(state, rows)
-        return [max(hypotheses, key=lambda h: h.score) for hypotheses in finished]
+        # sorted(reverse=True) is stable: among equal scores, the first finished comes first.
+        return [
+            sorted(hypotheses, key=lambda h: h.score, reverse=True)[:n_best]
+            for hypotheses in finished
+        ]

@@ -29,8 +29,10 @@ def read_settings(path: str | Path) -> DecodingSettings | None:
         return None
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise PipelineError(f"{path}: not valid JSON ({err})") from err
+    except OSError as err:
+        raise PipelineError(f"{path}: cannot be read ({err})") from err
     if not isinstance(values, dict):
         raise PipelineError(f"{path}: expected a mapping of decoding settings")
     try:
