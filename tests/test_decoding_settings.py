@@ -171,7 +171,7 @@ def test_nmt_translate_defaults_to_the_model_settings(
     make_project(tmp_path / "project", beam_size=9)
     monkeypatch.chdir(tmp_path / "project")
     run_translate(tmp_path, capsys, shipped_folder)
-    assert decoded_with == [RECORDED, RECORDED]
+    assert decoded_with == [RECORDED] * 4  # 3 lines in batches of 2: 2 calls a run
 
 
 def test_flags_override_the_model_settings(
@@ -182,7 +182,7 @@ def test_flags_override_the_model_settings(
     run_translate(tmp_path, capsys, shipped_folder, "--length-penalty", "1.5")
     assert decoded_with == [
         RECORDED.with_overrides(beam_size=1, batch_size=5),
-        RECORDED.with_overrides(length_penalty=1.5),
+        *[RECORDED.with_overrides(length_penalty=1.5)] * 2,  # 3 lines in batches of 2
     ]
 
 

@@ -173,6 +173,7 @@ def export_config(arch: str, params: Params, tokenizers: Tokenizers) -> dict[str
         "tgt_vocab_size": tokenizers.tgt_vocab_size,
         "src_lang": params.data.src_lang,
         "tgt_lang": params.data.tgt_lang,
+        "unicode_form": params.prepare.unicode_form,  # the translator normalises input the same way
     }
 
 
