@@ -17,6 +17,7 @@ import pytest
 
 from pipelines import cli
 from pipelines.core.errors import EXIT_USER_ERROR, PipelineError
+from pipelines.inference import streaming
 from tests.pipeline_helpers import SHARED, project_env
 
 
@@ -27,9 +28,9 @@ def write(tmp_path, data: bytes):
 
 
 def read_lines(path: str) -> list[str]:
-    stream, name = cli.open_input(path)
+    stream, name = streaming.open_input(path)
     with stream:
-        return list(cli.iter_lines(stream, name))
+        return list(streaming.iter_lines(stream, name))
 
 
 def test_lines_end_at_newline_only(tmp_path):
@@ -50,7 +51,7 @@ def test_empty_and_blank_lines_are_lines(tmp_path):
 
 def test_lines_are_decoded_as_they_are_read_and_bad_bytes_name_the_line():
     stream = io.BytesIO(b"One.\nTwo \xff\xfe.\nThree.\n")
-    lines = cli.iter_lines(stream, "input.txt")
+    lines = streaming.iter_lines(stream, "input.txt")
     assert next(lines) == "One."
     with pytest.raises(PipelineError, match=r"^input.txt:2: invalid UTF-8$"):
         next(lines)
@@ -62,11 +63,11 @@ def test_lines_are_decoded_as_they_are_read_and_bad_bytes_name_the_line():
 )
 def test_a_regular_file_is_counted_without_moving_its_position(tmp_path, data, count):
     with open(write(tmp_path, data), "rb") as stream:
-        assert cli.count_lines(stream) == count
+        assert streaming.count_lines(stream) == count
         assert stream.tell() == 0
     read, _ = os.pipe()
     with os.fdopen(read, "rb") as pipe:
-        assert cli.count_lines(pipe) is None  # a pipe is read once, not counted
+        assert streaming.count_lines(pipe) is None  # a pipe is read once, not counted
 
 
 def run_main(capsys, *argv: str) -> str:

@@ -22,6 +22,7 @@ from models import BOS_ID, EOS_ID, PAD_ID, UNK_ID, build_model
 from pipelines import cli
 from pipelines.core.errors import EXIT_USER_ERROR, PipelineError
 from pipelines.core.params import DecodingSettings
+from pipelines.inference import streaming
 from pipelines.inference import translator as translator_module
 from pipelines.inference.search import beam_search, beam_search_n_best, gnmt_length_penalty
 from pipelines.inference.translator import Translator
@@ -170,7 +171,7 @@ def test_progress_bar_counts_the_lines_of_a_file(tmp_path, capsys, folder):
 
 
 def test_progress_bar_of_a_pipe_appears_at_the_threshold_without_a_total(capsys):
-    progress = cli.Progress(None, threshold=2)
+    progress = streaming.Progress(None, threshold=2)
     progress.update(1)
     assert progress.bar is None
     progress.update(2)
