@@ -151,6 +151,7 @@ def lineage_tags(dataset: str) -> dict[str, str]:
     import torch
 
     root = repo_root()
+    cpu = cpu_model()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
     return {
         "git.commit": _git("rev-parse", "HEAD") or "unknown",
@@ -166,8 +167,8 @@ def lineage_tags(dataset: str) -> dict[str, str]:
         "version.lightning": lightning.__version__,
         "version.cuda": torch.version.cuda or "none",
         **library_versions(),
-        "device": gpu or cpu_model(),
-        "device.cpu": cpu_model(),
+        "device": gpu or cpu,
+        "device.cpu": cpu,
         "torch.num_threads": str(torch.get_num_threads()),
     }
 
