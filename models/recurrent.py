@@ -39,6 +39,7 @@ class RecurrentConfig:
     attention: Literal["none", "additive", "multiplicative"] = "additive"
     multiplicative_score: Literal["general", "dot"] = "general"
     input_feeding: bool = True
+    context_every_step: bool = False  # attention none: Cho et al. (2014) feed c to every step
     tie_embeddings: bool = False
 
     @property
@@ -59,6 +60,11 @@ class RecurrentConfig:
             "2 * hidden_size with a bidirectional encoder; use 'general' or bidirectional: false",
         )
         require(
+            not self.context_every_step or self.attention == "none",
+            f"{prefix}context_every_step",
+            "only for attention: none (attention already gives every step a context)",
+        )
+        require(
             not self.tie_embeddings or self.embedding_dim == self.hidden_size,
             f"{prefix}tie_embeddings",
             f"the output projection maps hidden_size ({self.hidden_size}) to the vocabulary, so "
@@ -74,6 +80,7 @@ class RecurrentDecoderState:
     cell: Tensor | None  # [B, L, H] for LSTM, None for GRU
     attentional: Tensor  # [B, H] the previous step's output vector h̃, fed back as input
     memory: Tensor | None  # [B, S, D_mem]; None without attention, so the decoder cannot see it
+    summary: Tensor | None  # [B, D_mem] the fixed-length context fed to every step, or None
     projected_keys: Tensor | None  # [B, S, *] the key-only part of the attention score
     src_pad_mask: Tensor | None  # [B, S]
 
@@ -109,6 +116,7 @@ class RecurrentSeq2Seq(Seq2Seq):
         self.state_parts = 2 if config.cell == "lstm" else 1
         self.bridge = Linear(config.memory_dim, self.state_parts * config.decoder_layers * hidden)
         decoder_input = config.embedding_dim + (hidden if config.input_feeding else 0)
+        decoder_input += config.memory_dim if config.context_every_step else 0
         self.decoder = rnn_class(
             decoder_input,
             hidden,
@@ -124,10 +132,11 @@ class RecurrentSeq2Seq(Seq2Seq):
             )
         else:
             self.attention = None
-        # Luong's attentional hidden state h̃ = tanh(W_c [c; h]).
+        # Luong's attentional hidden state h̃ = tanh(W_c [c; h]); without attention, c is the
+        # fixed-length summary when it is fed to every step.
         self.combine = (
             Linear(config.memory_dim + hidden, hidden, bias=False)
-            if self.attention is not None
+            if self.attention is not None or config.context_every_step
             else None
         )
         self.output_dropout = nn.Dropout(config.dropout)
@@ -152,6 +161,7 @@ class RecurrentSeq2Seq(Seq2Seq):
         initial = torch.tanh(self.bridge(encoder_out.final_state))
         initial = initial.view(batch, self.state_parts, layers, hidden)  # [B, parts, L, H]
         attentional = initial.new_zeros(batch, hidden)  # h̃₀ = 0
+        summary = encoder_out.final_state if self.config.context_every_step else None
         if self.attention is None:
             # The fixed-length bottleneck: the decoder gets the final state and nothing else.
             memory = projected_keys = src_pad_mask = None
@@ -160,7 +170,7 @@ class RecurrentSeq2Seq(Seq2Seq):
             projected_keys = self.attention.project_keys(memory)
         cell = initial[:, 1] if self.state_parts == 2 else None
         return RecurrentDecoderState(
-            initial[:, 0], cell, attentional, memory, projected_keys, src_pad_mask
+            initial[:, 0], cell, attentional, memory, summary, projected_keys, src_pad_mask
         )
 
     def decode_step(
@@ -180,24 +190,27 @@ class RecurrentSeq2Seq(Seq2Seq):
         embedded = self.embedding_dropout(self.tgt_embedding(prev_tokens))  # [B, E]
         if self.config.input_feeding:
             embedded = torch.cat([embedded, state.attentional], dim=-1)  # [B, E + H]
+        if state.summary is not None:
+            embedded = torch.cat([embedded, state.summary], dim=-1)  # [B, E (+ H) + D_mem]
         hidden = state.hidden.transpose(0, 1).contiguous()  # [L, B, H] as nn.LSTM/GRU want it
         if state.cell is not None:
             hidden = (hidden, state.cell.transpose(0, 1).contiguous())
         output, hidden = self.decoder(embedded.unsqueeze(1), hidden)  # output: [B, 1, H]
         output = output.squeeze(1)  # [B, H]
         if self.attention is None:
-            attentional, weights = output, None
+            context, weights = state.summary, None
         else:
             context, weights = self.attention(
                 output, state.memory, state.src_pad_mask, state.projected_keys
             )
-            attentional = torch.tanh(self.combine(torch.cat([context, output], dim=-1)))  # [B, H]
+        attentional = self._combine(context, output)  # [B, H]
         hidden, cell = hidden if isinstance(hidden, tuple) else (hidden, None)
         new_state = RecurrentDecoderState(
             hidden.transpose(0, 1),  # [B, L, H]
             None if cell is None else cell.transpose(0, 1),
             attentional,
             state.memory,
+            state.summary,
             state.projected_keys,
             state.src_pad_mask,
         )
@@ -227,17 +240,26 @@ class RecurrentSeq2Seq(Seq2Seq):
         Target padding sits at the end, so it never reaches an earlier position's state.
         """
         embedded = self.embedding_dropout(self.tgt_embedding(tgt_in))  # [B, T, E]
+        summary = None
+        if state.summary is not None:  # the same fixed-length context at every position
+            summary = state.summary.unsqueeze(1).expand(-1, tgt_in.size(1), -1)  # [B, T, D_mem]
+            embedded = torch.cat([embedded, summary], dim=-1)
         hidden = state.hidden.transpose(0, 1).contiguous()  # [L, B, H]
         if state.cell is not None:
             hidden = (hidden, state.cell.transpose(0, 1).contiguous())
         output, _ = self.decoder(embedded, hidden)  # [B, T, H]
         if self.attention is None:
-            return self._project(output), None
+            return self._project(self._combine(summary, output)), None
         context, weights = self.attention.attend_all(
             output, state.memory, state.src_pad_mask, state.projected_keys
         )  # [B, T, D_mem], [B, T, S]
-        attentional = torch.tanh(self.combine(torch.cat([context, output], dim=-1)))  # [B, T, H]
-        return self._project(attentional), weights
+        return self._project(self._combine(context, output)), weights
+
+    def _combine(self, context: Tensor | None, output: Tensor) -> Tensor:
+        """h̃ = tanh(W_c [c; h]), or the RNN output itself when there is no context."""
+        if context is None:
+            return output
+        return torch.tanh(self.combine(torch.cat([context, output], dim=-1)))
 
     def decode(self, tgt_in: Tensor, encoder_out: EncoderOutput) -> Tensor:
         return self._decode(tgt_in, encoder_out)[0]

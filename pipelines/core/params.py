@@ -14,6 +14,7 @@ import yaml
 
 from models.config import ConfigError, from_dict, require
 from models.factory import ModelConfig, model_config_from_dict
+from pipelines.core.study_params import StudyParams
 
 DEFAULT_PARAMS = Path("params.yaml")
 
@@ -55,10 +56,6 @@ class DataParams:
             )
         require(self.max_train_pairs >= 0, f"{prefix}max_train_pairs", "must be >= 0")
         require(self.max_eval_pairs >= 0, f"{prefix}max_eval_pairs", "must be >= 0")
-
-    @property
-    def primary_test_split(self) -> str:
-        return self.test_splits[0]
 
 
 @dataclass
@@ -103,8 +100,6 @@ class OptimParams:
     schedule: Literal["inverse_sqrt", "constant"] = "inverse_sqrt"
     warmup_steps: int = 1000
     label_smoothing: float = 0.1
-    max_epochs: int = 10
-    max_steps: int = -1
     early_stopping_patience: int = 3
 
     def validate(self, prefix: str = "") -> None:
@@ -114,10 +109,6 @@ class OptimParams:
         require(self.weight_decay >= 0, f"{prefix}weight_decay", "must be >= 0")
         require(self.warmup_steps >= 0, f"{prefix}warmup_steps", "must be >= 0")
         require(0 <= self.label_smoothing < 1, f"{prefix}label_smoothing", "must be in [0, 1)")
-        require(self.max_epochs > 0, f"{prefix}max_epochs", "must be > 0")
-        require(
-            self.max_steps == -1 or self.max_steps > 0, f"{prefix}max_steps", "must be -1 or > 0"
-        )
         require(
             self.early_stopping_patience >= 0, f"{prefix}early_stopping_patience", "must be >= 0"
         )
@@ -161,7 +152,6 @@ class TrainParams:
     log_every_n_steps: int = 20
     checkpoint_average: int = 0
     checkpoint_every_n_steps: int = 0
-    max_time_s: float | None = None  # wall-clock budget: training stops at the next epoch's end
 
     def validate(self, prefix: str = "") -> None:
         require(self.batch_tokens > 0, f"{prefix}batch_tokens", "must be > 0")
@@ -178,10 +168,37 @@ class TrainParams:
         require(
             self.checkpoint_every_n_steps >= 0, f"{prefix}checkpoint_every_n_steps", "must be >= 0"
         )
+
+
+BUDGET_UNITS = ("epochs", "steps", "tokens", "seconds")
+
+
+@dataclass
+class BudgetParams:
+    """The training budget every architecture of the comparison gets alike.
+
+    ``epochs``, ``steps`` (optimizer steps) and ``tokens`` (target tokens seen, without padding)
+    end a run at the same point on every rerun; ``seconds`` (wall-clock, validation included)
+    depends on the machine and its load. Early stopping on validation may end a run sooner.
+    """
+
+    unit: Literal["epochs", "steps", "tokens", "seconds"] = "epochs"
+    value: float = 10
+
+    def validate(self, prefix: str = "") -> None:
+        require(self.value > 0, f"{prefix}value", f"must be > 0 {self.unit}")
         require(
-            self.max_time_s is None or self.max_time_s > 0,
-            f"{prefix}max_time_s",
-            "must be null (no limit) or > 0 seconds",
+            self.unit == "seconds" or float(self.value).is_integer(),
+            f"{prefix}value",
+            f"must be a whole number of {self.unit}",
+        )
+
+    def describe(self) -> str:
+        """For example ``4 epochs`` or ``1,000,000 tokens``."""
+        return (
+            f"{self.value:,g} {self.unit}"
+            if self.unit == "seconds"
+            else f"{int(self.value):,} {self.unit}"
         )
 
 
@@ -251,7 +268,7 @@ class RetrainParams:
     margin_bleu: float = 0.5
     max_p_value: float | None = None
     start: Literal["cold", "warm"] = "cold"
-    promotion_split: str | None = None
+    promotion_split: str | None = None  # default: the validation split
 
     def validate(self, prefix: str = "") -> None:
         require(self.margin_bleu >= 0, f"{prefix}margin_bleu", "must be >= 0")
@@ -262,12 +279,26 @@ class RetrainParams:
         )
 
 
+@dataclass(frozen=True)
+class ModelRun:
+    """One training of the comparison: an architecture with one seed (DVC ``train@<name>``)."""
+
+    arch: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        """The stage suffix and the folder name of its outputs, e.g. ``transformer-1234``."""
+        return f"{self.arch}-{self.seed}"
+
+
 @dataclass
 class Params:
     """All of `params.yaml`."""
 
-    seed: int = 1234
+    seeds: list[int] = field(default_factory=lambda: [1234])
     architectures: list[str] = field(default_factory=lambda: ["transformer"])
+    budget: BudgetParams = field(default_factory=BudgetParams)
     data: DataParams = field(default_factory=DataParams)
     prepare: PrepareParams = field(default_factory=PrepareParams)
     tokenizer: TokenizerParams = field(default_factory=TokenizerParams)
@@ -276,6 +307,7 @@ class Params:
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     tracking: TrackingParams = field(default_factory=TrackingParams)
     retrain: RetrainParams = field(default_factory=RetrainParams)
+    study: StudyParams = field(default_factory=StudyParams)
 
     def validate(self, prefix: str = "") -> None:
         require(len(self.architectures) > 0, "architectures", "needs at least one architecture")
@@ -290,6 +322,48 @@ class Params:
             "architectures",
             "lists an architecture twice",
         )
+        require(len(self.seeds) > 0, "seeds", "needs at least one seed")
+        twice = sorted({seed for seed in self.seeds if self.seeds.count(seed) > 1})
+        require(not twice, "seeds", f"lists {', '.join(map(str, twice))} more than once")
+        require(all(seed >= 0 for seed in self.seeds), "seeds", "must be >= 0")
+        split = self.retrain.promotion_split
+        data = self.data
+        require(
+            split is None or split == data.validation_split or split in data.test_splits,
+            "retrain.promotion_split",
+            f"{split!r} is neither the validation split ({data.validation_split}) nor one of "
+            f"data.test_splits ({', '.join(data.test_splits)})",
+        )
+        require(
+            split not in data.test_splits or len(data.test_splits) > 1,
+            "retrain.promotion_split",
+            f"{split!r} is the only test split; keep one test split for reporting only "
+            f"(or promote on {data.validation_split})",
+        )
+
+    @property
+    def promotion_split(self) -> str:
+        """The split `nmt retrain` scores champion and challenger on (default: validation)."""
+        return self.retrain.promotion_split or self.data.validation_split
+
+    @property
+    def reporting_splits(self) -> list[str]:
+        """The test splits no decision reads: they only report."""
+        return [split for split in self.data.test_splits if split != self.promotion_split]
+
+    def model_run(self, arch: str, seed: int | None = None) -> ModelRun:
+        """The training of `arch` with `seed` (default: the first seed), as a stage's `--arch`
+        and `--seed` ask for it; both must be in params."""
+        if arch not in self.models:
+            raise ConfigError(f"--arch {arch}: not in params models ({', '.join(self.models)})")
+        if seed is not None and seed not in self.seeds:
+            raise ConfigError(f"--seed {seed}: not in params seeds {self.seeds}")
+        return ModelRun(arch, self.seeds[0] if seed is None else seed)
+
+    def runs(self, arch: str | None = None) -> list[ModelRun]:
+        """Every training of the comparison (architectures x seeds), or only `arch`'s."""
+        archs = self.architectures if arch is None else [arch]
+        return [ModelRun(name, seed) for name in archs for seed in self.seeds]
 
     def arch(self, name: str) -> ArchParams:
         if name not in self.models:
@@ -346,4 +420,19 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
         raise ConfigError(f"{path}: not valid YAML ({err})") from err
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
+    check_moved_keys(raw)
     return from_dict(Params, raw)
+
+
+def check_moved_keys(raw: dict[str, Any]) -> None:
+    """Keys of older params files raise an error that says where they went."""
+    budget = "replaced by `budget` (unit and value), which every architecture shares"
+    if "seed" in raw:
+        raise ConfigError("seed: replaced by `seeds: [...]` (one training per seed)")
+    if "max_time_s" in (raw.get("train") or {}):
+        raise ConfigError(f"train.max_time_s: {budget}")
+    for arch, entry in (raw.get("models") or {}).items():
+        optim = (entry or {}).get("optim") or {} if isinstance(entry, dict) else {}
+        for key in ("max_epochs", "max_steps"):
+            if key in optim:
+                raise ConfigError(f"models.{arch}.optim.{key}: {budget}")

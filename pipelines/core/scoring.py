@@ -1,11 +1,13 @@
 """sacreBLEU scoring (Post, 2018), the same everywhere: corpus BLEU and chrF with the target
 language's tokenizer (sacrebleu#147), BLEU per source-length bucket, and paired bootstrap
-resampling (Koehn, 2004) between two systems."""
+resampling (Koehn, 2004) between two systems: its p-value, and the confidence interval of the
+BLEU difference."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import sacrebleu
 
 from pipelines.core.errors import PipelineError
@@ -110,4 +112,39 @@ def paired_bootstrap(
         "p_value": round(float(result.p_value), 4),
         "n_samples": n_samples,
         "signature": str(signatures["BLEU"]),
+    }
+
+
+def bleu_difference(
+    baseline: list[str],
+    candidate: list[str],
+    references: list[str],
+    tgt_lang: str,
+    n_samples: int = 1000,
+) -> dict[str, Any]:
+    """BLEU(candidate) - BLEU(baseline) with its 95% paired-bootstrap confidence interval.
+
+    sacreBLEU's bootstrap resampling (its per-sentence statistics, its fixed seed): both systems
+    are resampled with the same sentence indices, and the interval is the 2.5th-97.5th percentile
+    of the per-sample differences.
+    """
+    from sacrebleu.significance import _bootstrap_resample
+
+    metric = bleu_metric(tgt_lang)
+    samples = []
+    for system in (baseline, candidate):
+        stats = metric._extract_corpus_statistics(system, [references])
+        _, scores = _bootstrap_resample(stats, metric, n_samples)  # same seed: same indices
+        samples.append(np.array([score.score for score in scores]))
+    low, high = np.percentile(samples[1] - samples[0], [2.5, 97.5])
+    difference = (
+        metric.corpus_score(candidate, [references]).score
+        - metric.corpus_score(baseline, [references]).score
+    )
+    return {
+        "difference": round(float(difference), 2),
+        "ci_low": round(float(low), 2),
+        "ci_high": round(float(high), 2),
+        "n_samples": n_samples,
+        "sentences": len(references),
     }

@@ -21,9 +21,9 @@ from pipelines.inference.translator import Translator
 log = logging.getLogger("nmt.evaluate")
 
 
-def settings_file(metrics: Path, arch: str) -> Path:
-    """Where the evaluate stage records the decoding settings of ``metrics/<arch>.json``."""
-    return metrics / f"{arch}.decoding.json"
+def settings_file(metrics: Path, name: str) -> Path:
+    """Where the evaluate stage records the decoding settings of ``metrics/<name>.json``."""
+    return metrics / f"{name}.decoding.json"
 
 
 def translate_and_score(
@@ -62,8 +62,9 @@ def evaluate(
     return metrics
 
 
-def record_settings(metrics: Path, arch: str, settings: DecodingSettings) -> Path:
-    """Write the decoding settings (not the stage's other keys) beside ``metrics/<arch>.json``."""
-    path = settings_file(metrics, arch)
+def record_settings(metrics: Path, name: str, settings: DecodingSettings) -> Path:
+    """Write the decoding settings (not the stage's other keys) beside ``metrics/<name>.json``
+    (`name`: a training's ``<arch>-<seed>``)."""
+    path = settings_file(metrics, name)
     write_settings(path, settings)
     return path

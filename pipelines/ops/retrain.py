@@ -10,9 +10,11 @@
 4. Otherwise ``dvc repro evaluate`` (every stage up to the test scores; log kept next to the
    decision record; with ``retrain.start: warm`` the train stage fine-tunes the champion), then
    re-translate the promotion
-   split (``retrain.promotion_split``, default the first test split) with the challenger (the
-   pipeline's best architecture on that split) and with the champion, using the same code and the
-   same ``evaluate`` beam settings, and score both with sacreBLEU (one signature).
+   split (``retrain.promotion_split``, default the validation split) with the challenger (the
+   model the compare stage registers: the architecture with the best mean validation BLEU, its
+   best seed) and with the champion, using the same code and the same ``evaluate`` beam settings,
+   and score both with sacreBLEU (one signature). No test split takes part unless it is declared
+   the promotion split, and then the report marks it as used for decisions.
 5. Promote only if challenger BLEU >= champion BLEU + ``retrain.margin_bleu`` (the margin should
    exceed run-to-run noise, about 0.5 BLEU) and, when ``retrain.max_p_value`` is set, sacreBLEU's
    paired bootstrap p-value is at most that (the p-value is always recorded). Either way the
@@ -47,9 +49,11 @@ from typing import Any
 from models.config import ConfigError
 from pipelines.core.atomic import atomic_write_json
 from pipelines.core.errors import PipelineError
-from pipelines.core.params import DecodingSettings, Params, load_params
+from pipelines.core.params import DecodingSettings, ModelRun, Params, load_params
+from pipelines.core.paths import ProjectPaths
 from pipelines.ops.processes import RetrainError, command, git_has_upstream, run_logged
 from pipelines.ops.runlock import LockHeld, RunLock
+from pipelines.reports.selection import select
 from pipelines.tracking import registry, runs
 
 log = logging.getLogger("nmt.retrain")
@@ -114,47 +118,33 @@ def pipeline_status(root: Path, params: Params) -> dict[str, Any]:
     return status
 
 
-def promotion_split(params: Params) -> str:
-    split = params.retrain.promotion_split or params.data.primary_test_split
-    if split not in params.data.test_splits:
-        raise RetrainError(
-            f"retrain.promotion_split: {split!r} is not one of data.test_splits "
-            f"({', '.join(params.data.test_splits)}); only those are prepared"
-        )
-    return split
+def challenger_run(params: Params, root: Path) -> ModelRun | None:
+    """The model the pipeline selects (on validation, as compare does), None before a run."""
+    paths = ProjectPaths(root)
+    if not all((paths.artifacts / run.name / "training.json").exists() for run in params.runs()):
+        return None
+    return select(params, paths).run
 
 
-def best_architecture(params: Params, split: str, root: Path) -> str | None:
-    """The pipeline's best architecture on `split` (as compare picks it), None before a run."""
-    scores = {}
-    for arch in params.architectures:
-        path = root / "metrics" / f"{arch}.json"
-        if not path.exists():
-            return None
-        scores[arch] = json.loads(path.read_text())[split]["bleu"]
-    return max(params.architectures, key=lambda arch: scores[arch])  # first listed wins a tie
-
-
-def undecided_model(
-    params: Params, split: str, root: Path, champion: str | None, client
-) -> str | None:
-    """Why the pipeline's current best model still needs a decision, or None if it has one.
+def undecided_model(params: Params, root: Path, champion: str | None, client) -> str | None:
+    """Why the pipeline's current selected model still needs a decision, or None if it has one.
 
     It has one when a version of it (same run, same weights) is the champion or carries a
     retraining decision: a pass killed after `dvc repro` but before deciding is picked up again.
     """
-    arch = best_architecture(params, split, root)
-    if arch is None or not (root / "artifacts" / arch / "training.json").exists():
+    run = challenger_run(params, root)
+    if run is None:
         return "no trained model yet"
-    run_id = json.loads((root / "artifacts" / arch / "training.json").read_text())["run_id"]
-    sha = registry.model_sha256(root / "artifacts" / arch)
+    folder = root / "artifacts" / run.name
+    run_id = json.loads((folder / "training.json").read_text())["run_id"]
+    sha = registry.model_sha256(folder)
     name = params.tracking.registered_model
     for version in client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"):
         if version.tags.get(registry.SHA_TAG) == sha and (
             DECISION_TAG in version.tags or str(version.version) == champion
         ):
             return None
-    return f"{arch} of run {run_id} has not been compared with the champion"
+    return f"{run.name} of run {run_id} has not been compared with the champion"
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -194,7 +184,7 @@ def significance(
 def retrain(root: Path, params_file: Path, decision: Decision, lock: RunLock) -> int:
     """One retraining pass under `lock`; returns the exit code (raises on failure)."""
     sync_how, params = sync(root, params_file)
-    split = promotion_split(params)
+    split = params.promotion_split
     name = params.tracking.registered_model
     status = pipeline_status(root, params)
     client = runs.connect()
@@ -204,7 +194,7 @@ def retrain(root: Path, params_file: Path, decision: Decision, lock: RunLock) ->
     elif status:
         why = f"changed: {', '.join(sorted(status))}"
     else:
-        why = undecided_model(params, split, root, champion, client)
+        why = undecided_model(params, root, champion, client)
     if why is None:
         log.info("up to date: no new data, params or code; %s@champion is v%s", name, champion)
         return EXIT_UP_TO_DATE
@@ -229,12 +219,12 @@ def retrain(root: Path, params_file: Path, decision: Decision, lock: RunLock) ->
             log.info("start: warm: the train stage fine-tunes the champion if it fits")
         run_pipeline(root, "evaluate", decision, lock)
         params = load_params(params_file)  # as the pipeline just used them
-        arch = best_architecture(params, split, root)
-        if arch is None:
-            raise RetrainError("dvc repro finished without metrics/<arch>.json for every arch")
-        folder = root / "artifacts" / arch
+        run = challenger_run(params, root)
+        if run is None:
+            raise RetrainError("dvc repro finished without a trained model for every training")
+        folder = root / "artifacts" / run.name
         run_id = json.loads((folder / "training.json").read_text())["run_id"]
-        log.info("challenger: %s of run %s; champion: version %s", arch, run_id, champion)
+        log.info("challenger: %s of run %s; champion: version %s", run.name, run_id, champion)
         # Both now, by this code, with the same beam settings: the scores are comparable.
         hypotheses, scores = {}, {}
         hypotheses["challenger"], scores["challenger"] = score_folder(folder, params, split, root)
@@ -244,7 +234,7 @@ def retrain(root: Path, params_file: Path, decision: Decision, lock: RunLock) ->
             )
     if len({score["signature"] for score in scores.values()}) != 1:
         raise RetrainError(f"challenger and champion scored with different signatures: {scores}")
-    describe_pass(decision.record, params, split, root, client, arch, run_id, scores)
+    describe_pass(decision.record, params, split, root, client, run, run_id, scores)
     p_value = None
     if "champion" in scores:
         decision.record["significance"] = significance(
@@ -279,7 +269,7 @@ def describe_pass(
     split: str,
     root: Path,
     client,
-    arch: str,
+    run: ModelRun,
     run_id: str,
     scores: dict[str, dict[str, Any]],
 ) -> None:
@@ -299,7 +289,8 @@ def describe_pass(
             "git_dirty": lineage["git.dirty"],
             "dvc_lock_sha256": lineage["dvc.lock_sha256"],
         },
-        challenger={"architecture": arch, "run_id": run_id},
+        split_role="validation" if split == params.data.validation_split else "test",
+        challenger={"architecture": run.arch, "training": run.name, "run_id": run_id},
     )
     if "champion" in scores:
         version = record["champion_before"]

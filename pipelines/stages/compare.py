@@ -1,10 +1,11 @@
 """DVC stage `compare`: one table and two plots comparing every trained architecture.
 
-Writes ``reports/comparison.{md,csv}``, ``reports/validation_curves.png`` and
-``reports/bleu_per_test_set.png``, and attaches them to the pipeline's parent MLflow run. The best
-architecture on the primary test split is registered in the MLflow model registry; it becomes
-`champion` only when there is none yet. Replacing a champion is `nmt retrain`'s decision (with its
-BLEU margin).
+Writes ``reports/comparison.{md,csv}`` (seed means ± sd, paired-bootstrap intervals),
+``reports/validation_bleu.csv``, ``reports/validation_curves.png`` and
+``reports/bleu_per_test_set.png``, and attaches them to the pipeline's parent MLflow run. The
+architecture with the best mean validation BLEU is selected (no test split decides) and its best
+seed on validation is registered in the MLflow model registry; it becomes `champion` only when
+there is none yet. Replacing a champion is `nmt retrain`'s decision (with its BLEU margin).
 """
 
 from __future__ import annotations
@@ -27,19 +28,21 @@ log = logging.getLogger("nmt.compare")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.stages.compare",
-        description="Compare every architecture in params.yaml: reports/comparison.{md,csv} "
-        "and PNG plots (DVC stage compare); register the best model (champion if none yet).",
+        description="Compare every architecture in params.yaml over its seeds: "
+        "reports/comparison.{md,csv} and PNG plots (DVC stage compare); register the model "
+        "selected on validation BLEU (champion if none yet).",
     )
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
     args = parser.parse_args(argv)
     setup_logging()
     params = load_params(args.params)
-    rows = compare(params.architectures, params.data.test_splits, PATHS)
-    log_comparison(rows, PATHS)
+    rows, selection = compare(params, PATHS)
+    log_comparison(rows, selection, PATHS)
     log.info("wrote %s", ", ".join(str(PATHS.reports / name) for name in REPORT_FILES))
+    log.info("selected on validation: %s (registering %s)", selection.arch, selection.run.name)
     example = read_sources(PATHS.prepared, params.data.validation_split)[:2]
-    name, split = params.tracking.registered_model, params.data.primary_test_split
-    promotion = register_best(rows, PATHS, name, split, example, params.evaluate)
+    name, split = params.tracking.registered_model, params.data.validation_split
+    promotion = register_best(selection, PATHS, name, split, example, params.evaluate)
     log.info("%s version %s: %s", name, promotion.version, promotion.reason)
 
 

@@ -1,11 +1,11 @@
-"""DVC stage `evaluate@<arch>`: beam search on every test set, scored with sacreBLEU.
+"""DVC stage `evaluate@<arch>-<seed>`: beam search on every test set, scored with sacreBLEU.
 
 A thin script over :mod:`pipelines.inference.evaluation`: decodes with the ``evaluate`` settings of
 params.yaml on ``evaluate.device`` (``auto``: cuda when available, else cpu; ``--device``
-overrides), writes ``metrics/<arch>.json``, the settings it decoded with to
-``metrics/<arch>.decoding.json`` and the hypotheses to ``hypotheses/<arch>/``, and logs the
-results to the architecture's MLflow run (the one its training opened), with hypotheses and
-attention heatmaps as artifacts.
+overrides), writes ``metrics/<arch>-<seed>.json``, the settings it decoded with to
+``metrics/<arch>-<seed>.decoding.json`` and the hypotheses to ``hypotheses/<arch>-<seed>/``, and
+logs the results to the training's MLflow run, with hypotheses and attention heatmaps as
+artifacts.
 """
 
 from __future__ import annotations
@@ -67,11 +67,14 @@ def log_to_mlflow(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.stages.evaluate",
-        description="Beam-search every test split with artifacts/<arch> and score it with "
-        "sacreBLEU (DVC stage evaluate@<arch>). Writes metrics/<arch>.json, "
-        "metrics/<arch>.decoding.json and hypotheses/<arch>/.",
+        description="Beam-search every test split with artifacts/<arch>-<seed> and score it with "
+        "sacreBLEU (DVC stage evaluate@<arch>-<seed>). Writes metrics/<arch>-<seed>.json, "
+        "metrics/<arch>-<seed>.decoding.json and hypotheses/<arch>-<seed>/.",
     )
-    parser.add_argument("--arch", required=True, help="an architecture trained by train@<arch>")
+    parser.add_argument("--arch", required=True, help="an entry of `models` in params.yaml")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="one of params.yaml's seeds (default: the first)"
+    )
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
     parser.add_argument(
         "--device",
@@ -83,16 +86,17 @@ def main(argv: list[str] | None = None) -> None:
     params = load_params(args.params)
     bleu_metric(params.data.tgt_lang)  # a missing tokenizer fails now, not after decoding
     settings = params.evaluate
-    model_dir = PATHS.artifacts / args.arch
+    run = params.model_run(args.arch, args.seed)
+    model_dir = PATHS.artifacts / run.name
     device = resolve_device(args.device or settings.device)
     log.info("decoding on %s with %s", device, settings.decoding())
     translator = Translator.load(model_dir, device=device)
-    hypotheses_dir = PATHS.hypotheses / args.arch
+    hypotheses_dir = PATHS.hypotheses / run.name
     metrics = evaluate(
         translator, params.data.test_splits, settings, PATHS.prepared, hypotheses_dir
     )
-    atomic_write_json(PATHS.metrics / f"{args.arch}.json", metrics)
-    record_settings(PATHS.metrics, args.arch, settings)
+    atomic_write_json(PATHS.metrics / f"{run.name}.json", metrics)
+    record_settings(PATHS.metrics, run.name, settings)
     training = json.loads((model_dir / "training.json").read_text())
     validation = read_sources(PATHS.prepared, params.data.validation_split)
     examples = validation[: settings.attention_examples]

@@ -1,8 +1,9 @@
-"""DVC stage `train@<arch>`: train one architecture with Lightning, tracked in MLflow.
+"""DVC stage `train@<arch>-<seed>`: train one architecture with one seed, tracked in MLflow.
 
-Resumes from ``checkpoints/<arch>/last.ckpt`` when a previous run of the same configuration and
-code was killed, continuing its MLflow run. Writes the exported model to ``artifacts/<arch>/``
-and the validation curve to ``logs/<arch>/history.csv``. With ``retrain.start: warm`` it
+Trains for the comparison's ``budget`` (the same for every architecture). Resumes from
+``checkpoints/<arch>-<seed>/last.ckpt`` when a previous run of the same configuration and code was
+killed, continuing its MLflow run. Writes the exported model to ``artifacts/<arch>-<seed>/`` and
+the validation curve to ``logs/<arch>-<seed>/history.csv``. With ``retrain.start: warm`` it
 fine-tunes the registry's champion when the champion fits (same model and vocabulary).
 """
 
@@ -23,7 +24,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 from models.attention import use_cudnn_attention
 from pipelines.core.atomic import atomic_write_json
 from pipelines.core.errors import PipelineError, run_main, setup_logging
-from pipelines.core.params import Params, load_params
+from pipelines.core.params import ModelRun, Params, load_params
 from pipelines.core.paths import PATHS, ProjectPaths
 from pipelines.core.scoring import bleu_metric
 from pipelines.data.prepared import read_references
@@ -48,9 +49,9 @@ log = logging.getLogger("nmt.train")
 
 
 def build_module(
-    arch: str, params: Params, paths: ProjectPaths, tokenizers: Tokenizers, run_id: str | None
+    run: ModelRun, params: Params, paths: ProjectPaths, tokenizers: Tokenizers, run_id: str | None
 ) -> TranslationModule:
-    """The LightningModule of `arch`, scoring validation BLEU on the prepared validation split."""
+    """The LightningModule of `run`, scoring validation BLEU on the prepared validation split."""
     validation = ValidationBleu(
         detokenize=tokenizers.decode_tgt,
         references=read_references(paths.prepared, params.data.validation_split),
@@ -58,61 +59,61 @@ def build_module(
         max_len_margin=params.train.val_max_len_margin,
     )
     return TranslationModule(
-        model_config=params.arch(arch).model,
-        optim=asdict(params.arch(arch).optim),
+        model_config=params.arch(run.arch).model,
+        optim=asdict(params.arch(run.arch).optim),
         src_vocab_size=tokenizers.src_vocab_size,
         tgt_vocab_size=tokenizers.tgt_vocab_size,
         check_finite_every=params.train.log_every_n_steps if torch.cuda.is_available() else 1,
-        seed=params.seed,
+        seed=run.seed,
         validation_bleu=validation,
         checkpoint_extras={"run_id": run_id},
     )
 
 
 def train(
-    arch: str,
+    run: ModelRun,
     params: Params,
     paths: ProjectPaths,
     params_file: Path,
     init_from: Path | None = None,
 ) -> dict[str, Any]:
-    """Train `arch` (fine-tuning the exported model `init_from` if it fits), export the best
+    """Train `run` (fine-tuning the exported model `init_from` if it fits), export the best
     checkpoint and return the training summary (rank 0; other ranks return {})."""
-    pl.seed_everything(params.seed, workers=True)
+    pl.seed_everything(run.seed, workers=True)
     use_cudnn_attention(params.train.cudnn_attention)
     tokenizers = Tokenizers.load(paths.tokenized)
-    ckpt_dir = paths.checkpoints / arch
-    key = fingerprint(params, arch, paths.tokenized)
+    ckpt_dir = paths.checkpoints / run.name
+    key = fingerprint(params, run, paths.tokenized)
     client = runs.connect()  # fails fast, before any training, if the server does not answer
     run_id = parent_id = None
     if launch_rank() == 0:
         run_id, parent_id, resume_from = open_training_run(
-            client, params, arch, params_file, ckpt_dir, paths.prepared, tokenizers, key
+            client, params, run, params_file, ckpt_dir, paths.prepared, tokenizers, key
         )
     else:  # rank 0 has settled the folder before launching the other ranks
         resume_from = resumable_checkpoint(ckpt_dir, key)
-    module = build_module(arch, params, paths, tokenizers, run_id)
+    module = build_module(run, params, paths, tokenizers, run_id)
     if init_from is not None and resume_from is None:  # a resumed run has its weights already
-        start = warm_start(module.model, init_from, tokenizers, params.arch(arch).model)
-        log.info("%s: %s", arch, start)
+        start = warm_start(module.model, init_from, tokenizers, params.arch(run.arch).model)
+        log.info("%s: %s", run.name, start)
         client.set_tag(run_id, "train.start", start)
     if params.train.compile:  # in place: state-dict keys stay unprefixed for export and resume
         module.model.compile()
     accumulate = accumulation(params.train, world_size(params))
     logger = MLFlowLogger(params.experiment_name, tracking_uri=runs.tracking_uri(), run_id=run_id)
-    history = paths.logs / arch / "history.csv"
-    trainer, monitor, checkpoint = build_trainer(
-        params, arch, ckpt_dir, history, logger, accumulate
+    history = paths.logs / run.name / "history.csv"
+    trainer, monitor, checkpoint, budget = build_trainer(
+        params, run.arch, ckpt_dir, history, logger, accumulate
     )
     global_batch = params.train.batch_tokens * trainer.world_size * accumulate
     if trainer.is_global_zero and resume_from is None:
         log_training_shape(client, run_id, global_batch, trainer.world_size, module.model)
     try:
-        data = data_module(params, paths, accumulate)
+        data = data_module(params, paths, run.seed, accumulate)
         trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=True)
     except DivergenceError as err:
         raise PipelineError(
-            f"{arch}: {err}; the last good checkpoint is kept in {ckpt_dir}"
+            f"{run.name}: {err}; the last good checkpoint is kept in {ckpt_dir}"
         ) from err
     if not trainer.is_global_zero:
         return {}
@@ -120,23 +121,29 @@ def train(
         write_history(history, monitor.rows)
     best = checkpoint.best_model_path or str(ckpt_dir / "last.ckpt")
     averaging = load_best(module, best, params, paths)
-    config = export_config(arch, params, tokenizers)
-    export_model(module.model, config, tokenizers, paths.artifacts / arch)
-    summary = training_summary(arch, params, module, monitor, trainer.world_size, global_batch)
+    config = export_config(run.arch, params, tokenizers)
+    export_model(module.model, config, tokenizers, paths.artifacts / run.name)
+    summary = training_summary(run, params, module, monitor, trainer.world_size, global_batch)
+    summary.update(budget.used(trainer))
     summary.update(run_id=run_id, parent_run_id=parent_id, checkpoint_average=averaging)
-    atomic_write_json(paths.artifacts / arch / "training.json", summary)
-    finish_training_run(client, run_id, summary["train_seconds"], history)
+    averaged = averaging is not None and averaging["kept"] == "averaged"
+    # The exported model's validation BLEU: what every model choice is made on.
+    summary["val_bleu"] = averaging["averaged_val_bleu"] if averaged else summary["best_val_bleu"]
+    atomic_write_json(paths.artifacts / run.name / "training.json", summary)
+    finish_training_run(client, run_id, summary, history, params.data.validation_split)
     return summary
 
 
-def data_module(params: Params, paths: ProjectPaths, accumulate: int) -> TranslationDataModule:
-    """The training and validation loaders of the tokenized splits."""
+def data_module(
+    params: Params, paths: ProjectPaths, seed: int, accumulate: int
+) -> TranslationDataModule:
+    """The training (shuffled by `seed`) and validation loaders of the tokenized splits."""
     return TranslationDataModule(
         paths.tokenized,
         params.data.train_split,
         params.data.validation_split,
         batch_tokens=params.train.batch_tokens,
-        seed=params.seed,
+        seed=seed,
         accumulate=accumulate,
         num_workers=params.train.num_workers,
     )
@@ -178,13 +185,20 @@ def export_config(arch: str, params: Params, tokenizers: Tokenizers) -> dict[str
 
 
 def training_summary(
-    arch: str, params: Params, module: TranslationModule, monitor, devices: int, global_batch: int
+    run: ModelRun,
+    params: Params,
+    module: TranslationModule,
+    monitor,
+    devices: int,
+    global_batch: int,
 ) -> dict[str, Any]:
-    """artifacts/<arch>/training.json: size, best epoch, time and throughput of the run."""
+    """artifacts/<arch>-<seed>/training.json: size, best epoch, time and throughput of the run
+    (the caller adds the budget it used)."""
     best_row = max(monitor.rows, key=lambda r: r.get("val_bleu", float("-inf")), default={})
     rates = monitor.tokens_per_sec
     return {
-        "arch": arch,
+        "arch": run.arch,
+        "seed": run.seed,
         "experiment": params.experiment_name,
         "num_parameters": module.model.num_parameters(),
         "best_epoch": best_row.get("epoch"),
@@ -215,27 +229,28 @@ def champion_to_fine_tune(params: Params, folder: Path) -> Path | None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.stages.train",
-        description="Train one architecture from params.yaml (DVC stage train@<arch>). "
-        "Resumes from checkpoints/<arch>/last.ckpt after a killed run of the same configuration; "
-        "with retrain.start: warm, fine-tunes the registry's champion when it fits.",
+        description="Train one architecture with one seed for params.yaml's budget (DVC stage "
+        "train@<arch>-<seed>). Resumes from checkpoints/<arch>-<seed>/last.ckpt after a killed "
+        "run of the same configuration; with retrain.start: warm, fine-tunes the registry's "
+        "champion when it fits.",
     )
     parser.add_argument("--arch", required=True, help="an entry of `models` in params.yaml")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="one of params.yaml's seeds (default: the first)"
+    )
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file")
     args = parser.parse_args(argv)
     setup_logging()
     params = load_params(args.params)
-    if args.arch not in params.models:
-        raise PipelineError(
-            f"--arch {args.arch}: not in params models ({', '.join(params.models)})"
-        )
+    run = params.model_run(args.arch, args.seed)
     bleu_metric(params.data.tgt_lang)  # validation BLEU's tokenizer: fail now, not after an epoch
-    model_config = params.arch(args.arch).model
+    model_config = params.arch(run.arch).model
     check_precision_support(params.train.precision, params.train.accelerator, model_config)
     with tempfile.TemporaryDirectory(prefix="nmt-champion-") as tmp:
         init_from = champion_to_fine_tune(params, Path(tmp))
-        summary = train(args.arch, params, PATHS, args.params, init_from)
+        summary = train(run, params, PATHS, args.params, init_from)
     if summary:
-        log.info("trained %s: %s", args.arch, json.dumps(summary))
+        log.info("trained %s: %s", run.name, json.dumps(summary))
 
 
 if __name__ == "__main__":

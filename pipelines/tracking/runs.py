@@ -23,6 +23,7 @@ from pipelines.core.errors import PipelineError
 
 PARENT_KEY_TAG = "pipeline.key"
 ARCH_TAG = "architecture"
+SEED_TAG = "seed"
 DVC_EXPS_MARKER = (".dvc", "tmp", "exps")
 
 

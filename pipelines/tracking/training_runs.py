@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from pipelines.core.atomic import atomic_write_json
-from pipelines.core.params import Params
+from pipelines.core.params import ModelRun, Params
 from pipelines.data.prepared import read_manifest
 from pipelines.data.vocab import Tokenizers
 from pipelines.tracking import runs
@@ -21,7 +22,7 @@ log = logging.getLogger("nmt.train")
 def open_training_run(
     client,
     params: Params,
-    arch: str,
+    run: ModelRun,
     params_file: Path,
     ckpt_dir: Path,
     prepared: Path,
@@ -42,19 +43,20 @@ def open_training_run(
         run_id = saved_run_id(ckpt_dir)
         log.info(
             "resuming %s from %s, %s (MLflow run %s)",
-            arch, resume_from, checkpoint_position(resume_from), run_id,
+            run.name, resume_from, checkpoint_position(resume_from), run_id,
         )  # fmt: skip
         client.update_run(run_id, status="RUNNING")
         return run_id, parent_id, resume_from
     tags = {
         "mlflow.parentRunId": parent_id,
-        runs.ARCH_TAG: arch,
+        runs.ARCH_TAG: run.arch,
+        runs.SEED_TAG: str(run.seed),
         **runs.lineage_tags(params.data.dataset),
-        **runs.source_tags(f"python -m pipelines.stages.train --arch {arch}"),
+        **runs.source_tags(f"python -m pipelines.stages.train --arch {run.arch} --seed {run.seed}"),
     }
-    run_id = client.create_run(exp_id, run_name=arch, tags=tags).info.run_id
+    run_id = client.create_run(exp_id, run_name=run.name, tags=tags).info.run_id
     atomic_write_json(ckpt_dir / "fingerprint.json", {"fingerprint": key, "run_id": run_id})
-    runs.log_params(client, run_id, params.flat(arch) | {"arch": arch})
+    runs.log_params(client, run_id, params.flat(run.arch) | {"arch": run.arch, "seed": run.seed})
     runs.log_dataset_inputs(client, run_id, read_manifest(prepared))
     for model_file in tokenizers.model_files:
         client.log_artifact(run_id, str(model_file), artifact_path="tokenizer")
@@ -70,7 +72,14 @@ def log_training_shape(
     client.log_param(run_id, "model.num_parameters", model.num_parameters())
 
 
-def finish_training_run(client, run_id: str, train_seconds: float, history: Path) -> None:
-    """The total training time and the validation curve; evaluate ends the run."""
-    client.log_metric(run_id, "train/total_seconds", train_seconds)
+def finish_training_run(
+    client, run_id: str, summary: dict[str, Any], history: Path, validation_split: str
+) -> None:
+    """The total training time, the budget used, the exported model's validation BLEU (the score
+    model selection reads) and the validation curve; evaluate ends the run."""
+    client.log_metric(run_id, "train/total_seconds", summary["train_seconds"])
+    if summary["val_bleu"] is not None:
+        client.log_metric(run_id, f"validation/{validation_split}/bleu", summary["val_bleu"])
+    for unit in ("epochs", "steps", "tokens", "seconds"):
+        client.log_metric(run_id, f"budget/used_{unit}", summary[f"used_{unit}"])
     client.log_artifact(run_id, str(history), artifact_path="curves")

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from pipelines.core.digest import code_digest
-from pipelines.core.params import Params
+from pipelines.core.params import ModelRun, Params
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # The code a training run executes: dvc.yaml's train@ deps, the stage script included.
@@ -31,14 +31,15 @@ def training_code_digest(root: Path = PROJECT_ROOT) -> str:
     return code_digest([root / part for part in TRAINING_CODE])
 
 
-def fingerprint(params: Params, arch: str, tokenized: Path) -> str:
+def fingerprint(params: Params, run: ModelRun, tokenized: Path) -> str:
     """Identifies a training configuration and the code that runs it: a checkpoint is resumed
     only under the same ones (a killed run), never by code that changed since (a DVC rerun
     after a code change trains afresh)."""
     state = {
         "code": training_code_digest(),
-        "seed": params.seed,
-        "arch": asdict(params.arch(arch)),
+        "seed": run.seed,
+        "arch": asdict(params.arch(run.arch)),
+        "budget": asdict(params.budget),
         "train": asdict(params.train),
         "tokenized": sorted((p.name, p.stat().st_size) for p in tokenized.iterdir() if p.is_file()),
     }

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import os
-from datetime import timedelta
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, Timer
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
 from pipelines.core.errors import PipelineError
 from pipelines.core.params import Params
 from pipelines.training.averaging import epoch_checkpoint_callback
+from pipelines.training.budget import TrainingBudget
 from pipelines.training.callbacks import AtomicCheckpointIO, InEpochCheckpoint, TrainingMonitor
 from pipelines.training.cuda_graphs import CudaGraphsCallback
 from pipelines.training.low_precision import LowPrecisionWeightsCallback
@@ -63,12 +63,14 @@ def build_trainer(
     history_file: Path,
     logger: Logger | None,
     accumulate: int,
-) -> tuple[pl.Trainer, TrainingMonitor, ModelCheckpoint]:
+) -> tuple[pl.Trainer, TrainingMonitor, ModelCheckpoint, TrainingBudget]:
     """The Trainer of `arch`: checkpoints in `checkpoints` (best by validation BLEU, last after
-    every validation), the monitor writing `history_file`, early stopping, the time budget, the
-    GPU fast paths; returns it with its monitor and best-checkpoint callback."""
+    every validation), the monitor writing `history_file`, early stopping, the comparison's
+    budget, the GPU fast paths; returns it with its monitor, best-checkpoint callback and
+    budget."""
     optim = params.arch(arch).optim
     monitor = TrainingMonitor(history_file, params.train.log_every_n_steps)
+    budget = TrainingBudget(params.budget)
     # Best by validation BLEU; a separate callback rewrites last.ckpt after every validation
     # (Lightning's save_last only refreshes "last" when the best checkpoint changed).
     checkpoint = ModelCheckpoint(
@@ -88,7 +90,7 @@ def build_trainer(
         enable_version_counter=False,
         save_on_train_epoch_end=False,
     )
-    callbacks: list[pl.Callback] = [monitor, checkpoint, last]
+    callbacks: list[pl.Callback] = [monitor, budget, checkpoint, last]
     if params.train.checkpoint_every_n_steps:  # also refresh last.ckpt inside long epochs
         callbacks.append(
             InEpochCheckpoint(
@@ -106,10 +108,6 @@ def build_trainer(
         callbacks.append(CudaGraphsCallback())  # acts on one CUDA device only
     if params.train.low_precision_weights and not params.train.compile:
         callbacks.append(LowPrecisionWeightsCallback())  # bf16-mixed, one device, no CUDA graphs
-    if params.train.max_time_s:  # a wall-clock budget, checked at the end of every epoch
-        callbacks.append(
-            Timer(duration=timedelta(seconds=params.train.max_time_s), interval="epoch")
-        )
     if logger is not None:  # the schedule's rate per step, as train/lr (a curve in MLflow)
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if optim.early_stopping_patience > 0:
@@ -127,8 +125,7 @@ def build_trainer(
         num_nodes=params.train.num_nodes,
         strategy=params.train.strategy,
         precision=params.train.precision,
-        max_epochs=optim.max_epochs,
-        max_steps=optim.max_steps,
+        max_epochs=int(params.budget.value) if params.budget.unit == "epochs" else -1,
         gradient_clip_val=params.train.gradient_clip_val or None,
         accumulate_grad_batches=accumulate,
         deterministic=params.train.deterministic,
@@ -139,4 +136,4 @@ def build_trainer(
         use_distributed_sampler=False,
         num_sanity_val_steps=0,
     )
-    return trainer, monitor, checkpoint
+    return trainer, monitor, checkpoint, budget

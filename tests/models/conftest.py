@@ -48,6 +48,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "transformer": TINY_TRANSFORMER,
     "transformer-pre-learned": {**TINY_TRANSFORMER, "norm": "pre", "positional": "learned"},
     "lstm-none": {**TINY_RECURRENT, "attention": "none"},
+    "lstm-none-context": {
+        **TINY_RECURRENT,
+        "attention": "none",
+        "context_every_step": True,
+        "input_feeding": False,
+    },
     "lstm-additive": {**TINY_RECURRENT, "attention": "additive"},
     "lstm-multiplicative": {**TINY_RECURRENT, "attention": "multiplicative"},
     "gru-additive": {**TINY_RECURRENT, "cell": "gru", "attention": "additive"},

@@ -8,6 +8,7 @@ from models.config import from_dict
 
 RECURRENT = [
     "lstm-none",
+    "lstm-none-context",
     "lstm-additive",
     "lstm-multiplicative",
     "gru-additive",
@@ -44,9 +45,22 @@ def _logits_with_altered_memory(model):
     return original, altered
 
 
-def test_without_attention_only_the_final_state_reaches_the_decoder(make_model):
-    original, altered = _logits_with_altered_memory(make_model("lstm-none"))
+@pytest.mark.parametrize("variant", ["lstm-none", "lstm-none-context"])
+def test_without_attention_only_the_final_state_reaches_the_decoder(make_model, variant):
+    original, altered = _logits_with_altered_memory(make_model(variant))
     torch.testing.assert_close(altered, original, atol=0, rtol=0)
+
+
+def test_context_every_step_feeds_the_fixed_summary_to_every_position(make_model):
+    model = make_model("lstm-none-context")
+    assert model.decoder.input_size == 16 + model.config.memory_dim
+    src, tgt_in = torch.tensor([[4, 5, 6, 3]]), torch.tensor([[2, 7, 8, 9]])
+    encoder_out = model.encode(src)
+    original = model.decode(tgt_in, encoder_out)
+    # The summary alone changes every position's output, also after the first step.
+    summary = torch.randn_like(encoder_out.final_state)
+    altered = model.decode(tgt_in, dataclasses.replace(encoder_out, final_state=summary))
+    assert ((altered - original).abs().amax(dim=-1) > 1e-4).all()
 
 
 def test_with_attention_the_decoder_reads_the_encoder_outputs(make_model):
@@ -105,6 +119,7 @@ def test_tied_recurrent_embeddings(make_model):
         ({"attention": "multiplicative", "multiplicative_score": "dot"}, "multiplicative_score"),
         ({"tie_embeddings": True, "embedding_dim": 8, "hidden_size": 16}, "tie_embeddings"),
         ({"attention": "local"}, "attention"),
+        ({"attention": "additive", "context_every_step": True}, "context_every_step"),
         ({"cell": "rnn"}, "cell"),
         ({"hidden_size": -4}, "hidden_size"),
         ({"encoder_layers": 0}, "encoder_layers"),
