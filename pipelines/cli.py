@@ -1,4 +1,4 @@
-"""The `nmt` command: translate with a trained model, open the tracking UI, retrain on a schedule.
+"""The `nmt` command: translate with a trained model, serve it, open the tracking UI, retrain.
 
 The pipeline itself runs with `dvc repro`; its stages are `python -m pipelines.stages.<stage>`.
 """
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("nmt")
 PACKAGE = "nmt-pipeline"
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def check_device(device: str) -> str:
@@ -40,21 +41,37 @@ def check_device(device: str) -> str:
     return device
 
 
-def load_translator(model: str, device: str):
-    """A Translator from an exported folder, or from the MLflow registry for a models:/ URI."""
-    from pipelines.inference.translator import Translator
-
-    if not model.startswith(("models:/", "runs:/")):
-        return Translator.load(model, device=device)
+def existing_store_uri(what: str) -> str:
+    """The tracking URI (:func:`pipelines.tracking.runs.tracking_uri`), or an error naming `what`
+    when it is a SQLite store that does not exist: MLflow would quietly create an empty one
+    (mlflow#23634)."""
     from pipelines.tracking import runs
-    from pipelines.tracking.registry import download_model_folder
 
     uri = runs.tracking_uri()
     store = Path(uri.removeprefix("sqlite:///"))
     if uri.startswith("sqlite:///") and not store.exists():
         raise PipelineError(
-            f"{model}: no MLflow store at {store}; run the pipeline here or set MLFLOW_TRACKING_URI"
+            f"{what}: no MLflow store at {store}; run `dvc repro` here or set MLFLOW_TRACKING_URI"
         )
+    return uri
+
+
+def load_translator(model: str, device: str):
+    """A Translator from an exported folder, a CTranslate2 one from a converted folder (CPU
+    only), or a Translator from the MLflow registry for a models:/ URI."""
+    from pipelines.inference.ct2_translator import CTranslate2Translator, is_converted_folder
+    from pipelines.inference.translator import Translator
+
+    if is_converted_folder(model):
+        if device != "cpu":
+            raise PipelineError(f"--device {device}: a CTranslate2 folder translates on the cpu")
+        return CTranslate2Translator.load(model)
+    if not model.startswith(("models:/", "runs:/")):
+        return Translator.load(model, device=device)
+    from pipelines.tracking import runs
+    from pipelines.tracking.registry import download_model_folder
+
+    existing_store_uri(model)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     runs.connect()
     # Everything is read into memory on load, so the downloaded copy can go right after.
@@ -151,17 +168,23 @@ def cmd_translate(args: argparse.Namespace) -> None:
             stream.close()
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from pipelines.inference.ct2_conversion import export_ctranslate2
+    from pipelines.inference.ct2_translator import is_converted_folder
+
+    if is_converted_folder(args.model):
+        raise PipelineError(f"{args.model}: already converted to CTranslate2")
+    translator = load_translator(args.model, "cpu")
+    export_ctranslate2(translator, args.model, args.output, args.quantization)
+
+
 def ui_command(host: str, port: int) -> tuple[list[str], dict[str, str]]:
     """The `mlflow server` command line and environment that `nmt ui` runs."""
     from pipelines.tracking import runs
 
-    uri = runs.tracking_uri()
+    uri = existing_store_uri("nmt ui")
     if uri.startswith(("http://", "https://")):
         raise PipelineError(f"MLFLOW_TRACKING_URI is a server already: open {uri} in a browser")
-    store = Path(uri.removeprefix("sqlite:///"))
-    if uri.startswith("sqlite:///") and not store.exists():
-        # mlflow server would quietly create an empty store there (mlflow#23634).
-        raise PipelineError(f"no MLflow store at {store}; run `dvc repro` first")
     root = runs.repo_root()
     command = [
         sys.executable, "-m", "mlflow", "server",
@@ -180,7 +203,7 @@ def cmd_ui(args: argparse.Namespace) -> None:
     from pipelines.tracking import runs
 
     command, env = ui_command(args.host, args.port)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
+    if args.host not in LOOPBACK:
         log.warning("binding %s: the MLflow UI has no authentication", args.host)
     log.info(
         "MLflow UI on http://%s:%d (store %s); the runs table is under Experiments; "
@@ -188,6 +211,51 @@ def cmd_ui(args: argparse.Namespace) -> None:
         args.host,
         args.port,
         runs.tracking_uri(),
+    )
+    sys.stderr.flush()
+    # Become the server, so that Ctrl-C and a supervisor's SIGTERM reach it directly.
+    os.execvpe(command[0], command, env)
+
+
+def serve_command(
+    model: str, host: str, port: int, workers: int
+) -> tuple[list[str], dict[str, str]]:
+    """The `mlflow models serve` command line and environment that `nmt serve` runs.
+
+    The model is checked first (a one-line error for an unknown name, alias, version or run), and
+    served from this environment (``--env-manager local``): MLflow's default would build a
+    virtualenv, which needs the network.
+    """
+    from pipelines.tracking import runs
+    from pipelines.tracking.registry import translator_model_info
+
+    if workers < 1:
+        raise PipelineError("--workers: must be >= 1")
+    uri = existing_store_uri(model)
+    runs.connect()
+    translator_model_info(model)
+    command = [
+        sys.executable, "-m", "mlflow", "models", "serve",
+        "--model-uri", model,
+        "--env-manager", "local",
+        "--host", host,
+        "--port", str(port),
+        "--workers", str(workers),
+    ]  # fmt: skip
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
+    return command, env
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    command, env = serve_command(args.model, args.host, args.port, args.workers)
+    if args.host not in LOOPBACK:
+        log.warning("binding %s: the scoring server has no authentication", args.host)
+    log.info(
+        "serving %s on http://%s:%d/invocations (store %s); Ctrl-C stops it",
+        args.model,
+        args.host,
+        args.port,
+        env["MLFLOW_TRACKING_URI"],
     )
     sys.stderr.flush()
     # Become the server, so that Ctrl-C and a supervisor's SIGTERM reach it directly.
@@ -233,14 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
         "are the model's own: those it was evaluated with, recorded in its decoding.json (a "
         "registered model, or any folder holding one); for an exported folder without one "
         "(artifacts/<arch>), the `evaluate` section of the project's params.yaml when run "
-        "inside the project, else the built-in defaults (DecodingSettings).",
+        "inside the project, else the built-in defaults (DecodingSettings). A folder converted "
+        "by `nmt export --format ctranslate2` is translated by CTranslate2 on the CPU, with the "
+        "same search and settings.",
     )
     translate.add_argument("input", nargs="?", default="-", metavar="FILE", help="default: stdin")
     translate.add_argument(
         "--model",
         required=True,
-        help="an exported model folder (artifacts/<arch>) or a registry URI such as "
-        "models:/nmt-translator@champion",
+        help="an exported model folder (artifacts/<arch>), a converted one (nmt export) or a "
+        "registry URI such as models:/nmt-translator@champion",
     )
     translate.add_argument(
         "--beam-size", type=int, default=None, help="beam width (default: the model's settings)"
@@ -270,6 +340,36 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     translate.set_defaults(func=cmd_translate)
 
+    export = commands.add_parser(
+        "export",
+        help="convert a trained Transformer for a faster CPU engine (CTranslate2)",
+        description="Convert a trained Transformer (an exported folder or a registry URI) to "
+        "CTranslate2 and write a converted folder: config.json, tokenizer/, decoding.json when "
+        "the model has one, and the CTranslate2 model in ctranslate2/. `nmt translate --model "
+        "OUTPUT` then decodes with CTranslate2 on the CPU, with the same beam search, length "
+        "penalty and settings. Pre- and post-norm, tied or separate embeddings and every "
+        "positional encoding convert; an LSTM or ConvS2S model does not (`nmt translate` runs it "
+        "with PyTorch). Needs the ct2 extra: pip install 'nmt-pipeline[ct2]'.",
+    )
+    export.add_argument(
+        "--model", required=True,
+        help="an exported model folder (artifacts/transformer) or a registry URI such as "
+        "models:/nmt-translator@champion",
+    )  # fmt: skip
+    export.add_argument(
+        "--output", type=Path, required=True, help="the converted folder to write (must not exist)"
+    )
+    export.add_argument(
+        "--format", choices=["ctranslate2"], default="ctranslate2",
+        help="the engine to convert for (default ctranslate2)",
+    )  # fmt: skip
+    export.add_argument(
+        "--quantization", default="float32",
+        help="how the weights are stored: float32 (default; scores as PyTorch's) or int8 "
+        "(smaller and faster; see benchmarks/README.md for its BLEU)",
+    )  # fmt: skip
+    export.set_defaults(func=cmd_export)
+
     ui = commands.add_parser(
         "ui",
         help="serve the MLflow UI on the pipeline's tracking store",
@@ -284,13 +384,40 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=5000, help="port (default 5000)")
     ui.set_defaults(func=cmd_ui)
 
+    serve = commands.add_parser(
+        "serve",
+        help="serve a registered translator over HTTP (mlflow models serve)",
+        description="Run `mlflow models serve` on a registered translator, from the store the "
+        "pipeline writes to (MLFLOW_TRACKING_URI, else mlruns/mlflow.db), in this Python "
+        "environment (--env-manager local: no network, no conda or virtualenv). POST JSON to "
+        '/invocations, one sentence per row: {"inputs": ["A dog runs.", ""]} or '
+        '{"dataframe_split": {"columns": ["source"], "data": [["A dog runs."]]}}, '
+        'optionally with "params": {"beam_size": 1} (defaults: the settings the model was '
+        'evaluated with). The answer is {"predictions": [...]}, one translation per row in '
+        'order; an empty row gives "". GET /ping answers 200 once the model is loaded.',
+    )
+    serve.add_argument(
+        "--model",
+        required=True,
+        help="a registered or logged translator: models:/nmt-translator@champion, "
+        "models:/<name>/<version> or runs:/<run id>/translator",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=5001, help="port (default 5001)")
+    serve.add_argument(
+        "--workers", type=int, default=1,
+        help="server processes, each with its own copy of the model (default 1)",
+    )  # fmt: skip
+    serve.set_defaults(func=cmd_serve)
+
     retrain = commands.add_parser(
         "retrain",
         help="scheduled retraining: pull new data, retrain, promote only if better",
         description="One idempotent retraining pass for a scheduler (cron, systemd, CI): take a "
         "lock; bring in the latest code and data (git pull --ff-only and dvc pull when the branch "
         "has an upstream, else the workspace as it is); if anything changed, run `dvc repro`, "
-        "score the new model and the champion on the promotion test split with the same beam "
+        "score the new model (selected on validation) and the champion on retrain.promotion_split "
+        "(default: the validation split) with the same beam "
         "settings and sacreBLEU signature, and move `champion` only if the new one reaches the "
         "champion's BLEU + retrain.margin_bleu (and, if retrain.max_p_value is set, a paired "
         "bootstrap p-value at most that). Each decision goes to "

@@ -9,13 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -23,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.pipeline_helpers import SHARED, project_env
+from tests.server_helpers import free_port, running_server
 
 pytestmark = pytest.mark.slow
 
@@ -48,64 +44,27 @@ sync_api = pytest.importorskip(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.loads(response.read())
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Stop the server and everything it started (its own process group)."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
 def server(tiny_pipeline, tmp_path_factory):
     """`nmt ui` on a free loopback port; yields its base URL and stops it afterwards."""
     repo, port = tiny_pipeline.repo, free_port()
-    log_file = tmp_path_factory.mktemp("mlflow-ui") / "server.log"
     stores_before = sorted(repo.rglob("mlflow.db"))
-    with open(log_file, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.cli", "ui", "--port", str(port)],
-            cwd=repo,
-            env=project_env(repo),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
     base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"mlflow server exited {process.returncode}:\n{log_file.read_text()}")
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not answer in 120 s:\n{log_file.read_text()}")
-            time.sleep(1)
+    with running_server(
+        [sys.executable, "-m", "pipelines.cli", "ui", "--port", str(port)],
+        cwd=repo,
+        env=project_env(repo),
+        ready_url=f"{base}/health",
+        log_file=tmp_path_factory.mktemp("mlflow-ui") / "server.log",
+    ):
         # The server reads the pipeline's store, and did not quietly start another (mlflow#23634).
         assert sorted(repo.rglob("mlflow.db")) == stores_before == [repo / "mlruns" / "mlflow.db"]
         yield base
-    finally:
-        stop(process)
 
 
 @pytest.fixture(scope="module")

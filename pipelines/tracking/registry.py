@@ -15,11 +15,14 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.core.errors import PipelineError
 from pipelines.core.params import DecodingSettings
 from pipelines.tracking import runs
+
+if TYPE_CHECKING:
+    from mlflow.models.model import ModelInfo
 
 log = logging.getLogger("nmt.registry")
 
@@ -115,10 +118,12 @@ def log_and_register(
 
 
 def version_score(registered_name: str, version: str, split: str, *, client=None) -> float | None:
-    """BLEU of a version on `split`: the test metric of the run it was logged from."""
+    """BLEU of a version on `split`, from the run it was logged from: a test split's beam-search
+    score, or for the validation split the exported model's (greedy) validation BLEU."""
     client = _client(client)
     run_id = client.get_model_version(registered_name, version).run_id
-    return client.get_run(run_id).data.metrics.get(f"test/{split}/bleu")
+    metrics = client.get_run(run_id).data.metrics
+    return metrics.get(f"test/{split}/bleu", metrics.get(f"validation/{split}/bleu"))
 
 
 def champion_version(registered_name: str, *, client=None) -> str | None:
@@ -284,19 +289,50 @@ def download_model_folder(uri: str, dst_path: str | Path | None = None) -> Path:
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model
 
-    from pipelines.inference.pyfunc_model import MODEL_DIR_KEY
-
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dst_path))
     except (MlflowException, OSError) as err:
-        message = str(getattr(err, "message", err)).splitlines()[0]
-        raise PipelineError(f"{uri}: cannot be fetched from the MLflow store ({message})") from err
+        raise _not_fetched(uri, err) from err
     try:
         model = Model.load(local)
-        folder = local / model.flavors["python_function"]["artifacts"][MODEL_DIR_KEY]["path"]
-    except (MlflowException, OSError, KeyError) as err:
-        raise PipelineError(
-            f"{uri}: not a translator logged by pipelines.tracking.registry"
-        ) from err
+    except (MlflowException, OSError) as err:
+        raise _not_a_translator(uri) from err
+    folder = local / _model_dir_path(uri, model.flavors)
     log.info("%s: the %s model logged in run %s", uri, folder.name, model.run_id)
     return folder
+
+
+def translator_model_info(uri: str) -> ModelInfo:
+    """MLflow's ModelInfo of the translator at `uri`, from its MLmodel file alone.
+
+    A URI that names no model (unknown name, alias, version or run) or a model that is not a
+    translator is a one-line :class:`PipelineError`; the tracking URI must already be set.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        info = mlflow.models.get_model_info(uri)
+    except (MlflowException, OSError) as err:
+        raise _not_fetched(uri, err) from err
+    _model_dir_path(uri, info.flavors)
+    return info
+
+
+def _not_fetched(uri: str, err: Exception) -> PipelineError:
+    message = str(getattr(err, "message", err)).splitlines()[0]
+    return PipelineError(f"{uri}: cannot be fetched from the MLflow store ({message})")
+
+
+def _not_a_translator(uri: str) -> PipelineError:
+    return PipelineError(f"{uri}: not a translator logged by pipelines.tracking.registry")
+
+
+def _model_dir_path(uri: str, flavors: dict[str, Any]) -> str:
+    """Where a translator model keeps its exported folder, relative to the model's root."""
+    from pipelines.inference.pyfunc_model import MODEL_DIR_KEY
+
+    try:
+        return flavors["python_function"]["artifacts"][MODEL_DIR_KEY]["path"]
+    except (KeyError, TypeError) as err:
+        raise _not_a_translator(uri) from err
