@@ -1,4 +1,4 @@
-"""The `nmt` command: translate with a trained model, serve it, open the tracking UI, retrain.
+"""The `nmt` command: fetch a corpus, translate with a model, serve it, open the MLflow UI, retrain.
 
 The pipeline itself runs with `dvc repro`; its stages are `python -m pipelines.stages.<stage>`.
 """
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipelines.core.errors import PipelineError, run_main, setup_logging
+from pipelines.core.params import DataParams
 
 if TYPE_CHECKING:
     pass
@@ -262,6 +263,42 @@ def cmd_serve(args: argparse.Namespace) -> None:
     os.execvpe(command[0], command, env)
 
 
+def split_renames(specs: list[str]) -> dict[str, str]:
+    """``--split HUB=NAME`` options (``test=test_2016_flickr``) as a mapping."""
+    renames: dict[str, str] = {}
+    for spec in specs:
+        hub, _, name = spec.partition("=")
+        if not hub or not name or "/" in name:
+            raise PipelineError(f"--split {spec}: expected HUB=NAME, e.g. test=test_2016_flickr")
+        renames[hub] = name
+    return renames
+
+
+def cmd_fetch_corpus(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from pipelines.core.params import load_params
+    from pipelines.data.corpus import write_hub_corpus
+
+    renames = split_renames(args.split)
+    if args.out.exists() and not args.force:
+        raise PipelineError(
+            f"{args.out} exists (the DVC-tracked corpus?): pass --force to replace it"
+        )
+    data = replace(
+        load_params(args.params).data,
+        dataset=args.dataset,
+        config=args.config,
+        revision=args.revision,
+    )
+    written = write_hub_corpus(data, renames, args.out)
+    log.info(
+        "wrote %s: %s",
+        args.out,
+        ", ".join(f"{name} ({rows} pairs)" for name, rows in written.items()),
+    )
+
+
 def cmd_retrain(args: argparse.Namespace) -> None:
     from pipelines.ops.retrain import main as retrain_main
 
@@ -409,6 +446,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="server processes, each with its own copy of the model (default 1)",
     )  # fmt: skip
     serve.set_defaults(func=cmd_serve)
+
+    fetch = commands.add_parser(
+        "fetch-corpus",
+        help="write a Hugging Face dataset into the corpus folder (no ../shared needed)",
+        description="Load DATASET with Hugging Face `datasets` (a Hub id such as "
+        "bentrevett/multi30k, a local folder laid out like a Hub repository, or a folder written "
+        "by DatasetDict.save_to_disk) and write every split into OUT as <split>.jsonl.gz in the "
+        'pipeline\'s layout ({"translation": {src: ..., tgt: ...}} per line, the languages of '
+        "--params' data section), checked row by row. --split renames splits to the names "
+        "params.yaml uses. Then run the pipeline on it: `dvc repro` records OUT's new version "
+        "in its .dvc file.",
+    )
+    fetch.add_argument("dataset", metavar="DATASET", help="Hub id or local dataset folder")
+    fetch.add_argument("--config", default=None, help="dataset configuration (e.g. de-en)")
+    fetch.add_argument(
+        "--revision", default=None, help="Hub branch, tag or commit to pin (default: main)"
+    )
+    fetch.add_argument(
+        "--split", action="append", default=[], metavar="HUB=NAME",
+        help="write Hub split HUB as NAME (repeatable), e.g. test=test_2016_flickr",
+    )  # fmt: skip
+    fetch.add_argument(
+        "--out", type=Path, default=Path(DataParams().dataset),
+        help=f"corpus folder to write (default {DataParams().dataset})",
+    )  # fmt: skip
+    fetch.add_argument(
+        "--force", action="store_true", help="replace OUT if it exists (it is replaced whole)"
+    )
+    fetch.add_argument(
+        "--params", type=Path, default=Path("params.yaml"),
+        help="params file whose data.src_lang and data.tgt_lang are written (default params.yaml)",
+    )  # fmt: skip
+    fetch.set_defaults(func=cmd_fetch_corpus)
 
     retrain = commands.add_parser(
         "retrain",

@@ -1,5 +1,6 @@
 """Load a parallel corpus through Hugging Face ``datasets`` and validate it, file by file and line
 by line: a local folder of ``<split>.jsonl[.gz]`` in the ``translation`` layout, or a Hub id.
+:func:`write_hub_corpus` writes a Hub dataset into that local layout.
 
 Errors name the file and line (or the Hub split and row); see ``pipelines.data.preparation``."""
 
@@ -13,10 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.core.atomic import atomic_path
 from pipelines.core.errors import PipelineError
 from pipelines.core.params import DataParams
 
 SPLIT_SUFFIXES = (".jsonl.gz", ".jsonl")
+SAVED_DATASET_DICT = "dataset_dict.json"  # what DatasetDict.save_to_disk writes
 
 
 @dataclass
@@ -180,19 +183,29 @@ def load_local(folder: Path, data: DataParams, cache_dir: str | None = None) -> 
     ]
 
 
-def load_hub(data: DataParams, cache_dir: str | None = None) -> list[SplitRows]:
-    """Load a Hub dataset: ``load_dataset(dataset, config, revision=...)``."""
+def open_hub(data: DataParams, cache_dir: str | None = None) -> Any:
+    """The ``DatasetDict`` of `data.dataset`: a Hub id or a local folder laid out like a Hub
+    repository (``load_dataset(dataset, config, revision=...)``), or a folder written by
+    ``DatasetDict.save_to_disk`` (``load_from_disk``)."""
     import datasets
 
+    saved = Path(data.dataset).expanduser()
     try:
-        loaded = datasets.load_dataset(
+        if (saved / SAVED_DATASET_DICT).is_file():
+            return datasets.load_from_disk(str(saved))
+        return datasets.load_dataset(
             data.dataset, data.config, revision=data.revision, cache_dir=cache_dir
         )
     except Exception as err:  # network, auth, unknown id or config: all the user's to fix
         raise PipelineError(
             f"could not load {data.dataset!r} (config {data.config!r}, revision "
-            f"{data.revision!r}) from the Hugging Face Hub: {type(err).__name__}: {err}"
+            f"{data.revision!r}): {type(err).__name__}: {err}"
         ) from err
+
+
+def load_hub(data: DataParams, cache_dir: str | None = None) -> list[SplitRows]:
+    """Load a Hub dataset (:func:`open_hub`): the needed splits, checked row by row."""
+    loaded = open_hub(data, cache_dir)
     available = list(loaded)
     missing = [split for split in needed_splits(data) if split not in available]
     if missing:
@@ -200,15 +213,60 @@ def load_hub(data: DataParams, cache_dir: str | None = None) -> list[SplitRows]:
             f"split(s) {', '.join(missing)} not in {data.dataset} (available: "
             f"{', '.join(available)})"
         )
+    return _hub_rows(loaded, needed_splits(data), data)
+
+
+def _hub_rows(loaded: Any, splits: list[str], data: DataParams) -> list[SplitRows]:
+    """The rows of `splits` of a loaded Hub dataset, once the language pair is known present."""
     origin = data.dataset if data.config is None else f"{data.dataset}/{data.config}"
-    present = set().union(*(_hub_languages(loaded[split]) for split in needed_splits(data)))
+    present = set().union(*(_hub_languages(loaded[split]) for split in splits))
     problem = _language_error(present, data.src_lang, data.tgt_lang, origin)
     if problem:
         raise PipelineError(problem)
-    rows = []
-    for split in needed_splits(data):
-        rows.append(_split_rows(loaded[split], split, f"{origin}[{split}]", data, is_file=False))
-    return rows
+    return [
+        _split_rows(loaded[split], split, f"{origin}[{split}]", data, is_file=False)
+        for split in splits
+    ]
+
+
+def write_hub_corpus(
+    data: DataParams, renames: dict[str, str], out: Path, cache_dir: str | None = None
+) -> dict[str, int]:
+    """Write every split of the Hub dataset `data.dataset` into `out` in the local layout.
+
+    Split `s` becomes ``<renames.get(s, s)>.jsonl.gz`` (``{"translation": {src, tgt}}`` per row,
+    in order; gzip without a time stamp, so the same data gives the same bytes and DVC hash).
+    `out` is replaced as a whole once every row has passed; returns rows per written split.
+    """
+    loaded = open_hub(data, cache_dir)
+    for split, name in renames.items():
+        if split not in loaded:
+            raise PipelineError(
+                f"split rename {split}={name}: no split {split!r} in {data.dataset} "
+                f"(available: {', '.join(loaded)})"
+            )
+    names = {split: renames.get(split, split) for split in loaded}
+    for name in set(names.values()):
+        clash = [split for split, given in names.items() if given == name]
+        if len(clash) > 1:
+            raise PipelineError(f"splits {' and '.join(clash)} would both be named {name!r}")
+    written = {}
+    with atomic_path(out, directory=True) as tmp:
+        for rows in _hub_rows(loaded, list(loaded), data):
+            records = (
+                json.dumps(
+                    {"translation": {data.src_lang: src, data.tgt_lang: tgt}},
+                    ensure_ascii=False,
+                    sort_keys=True,
+                )
+                + "\n"
+                for src, tgt in zip(rows.src, rows.tgt, strict=True)
+            )
+            blob = "".join(records).encode("utf-8")
+            name = names[rows.name]
+            (tmp / f"{name}.jsonl.gz").write_bytes(gzip.compress(blob, mtime=0))
+            written[name] = len(rows.src)
+    return written
 
 
 def _hub_languages(dataset: Any) -> set[str]:
