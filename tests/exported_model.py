@@ -29,8 +29,10 @@ MODEL = {
 SENTENCES = ["A man rides a red bike.", "Two dogs run in the snow.", "A woman in the park."]
 
 
-def make_exported_folder(folder: Path, seed: int = 0) -> Path:
-    """Write ``model.safetensors``, ``config.json`` and ``tokenizer/`` into `folder`."""
+def make_exported_folder(folder: Path, seed: int = 0, model: dict | None = None) -> Path:
+    """Write ``model.safetensors``, ``config.json`` and ``tokenizer/`` into `folder`; the model
+    is `model` (a ``models.<arch>.model`` dict), by default :data:`MODEL`."""
+    model = MODEL if model is None else model
     from safetensors.torch import save_model
 
     text = [" ".join(words).capitalize() + "." for words in itertools.permutations(WORDS, 4)]
@@ -42,7 +44,7 @@ def make_exported_folder(folder: Path, seed: int = 0) -> Path:
     (tokenizer / META_FILE).write_text(json.dumps(meta))
     config = {
         "arch": "transformer",
-        "model": MODEL,
+        "model": model,
         "src_vocab_size": 64,
         "tgt_vocab_size": 64,
         "src_lang": "en",
@@ -51,5 +53,5 @@ def make_exported_folder(folder: Path, seed: int = 0) -> Path:
     }
     (folder / "config.json").write_text(json.dumps(config))
     torch.manual_seed(seed)
-    save_model(build_model(MODEL, 64, 64), str(folder / "model.safetensors"))
+    save_model(build_model(model, 64, 64), str(folder / "model.safetensors"))
     return folder

@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 from pipelines.core.errors import PipelineError
 from pipelines.core.params import DecodingSettings
-from pipelines.inference.translator import Translation, Translator
+from pipelines.inference.translator import TextTranslator, Translation
 
 
 def open_input(source: str) -> tuple[BinaryIO, str]:
@@ -112,7 +112,7 @@ class Progress:
 
 
 def write_translations(
-    translator: Translator,
+    translator: TextTranslator,
     settings: DecodingSettings,
     lines: Iterable[str],
     batch_size: int,

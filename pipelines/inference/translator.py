@@ -26,6 +26,7 @@ from torch import Tensor
 from models import BOS_ID, EOS_ID, PAD_ID, Seq2Seq, build_model
 from models.attention import use_cudnn_attention
 from models.config import ConfigError
+from pipelines.core.decoding import Hypothesis
 from pipelines.core.errors import PipelineError
 from pipelines.core.params import DecodingSettings
 from pipelines.data.normalize import normalize_text
@@ -164,63 +165,47 @@ def load_tokenizers(folder: Path, config: dict[str, Any]) -> Tokenizers:
     return tokenizers
 
 
-class Translator:
-    """A model plus its tokenizers: raw text in, detokenized translations out.
+def read_folder(
+    folder: Path, weights: str
+) -> tuple[dict[str, Any], DecodingSettings | None, Tokenizers]:
+    """``config.json``, ``decoding.json`` (None without one) and ``tokenizer/`` of an exported
+    folder whose weights are the file `weights`; a missing or damaged file is a one-line error."""
+    for needed in ("config.json", weights, "tokenizer"):
+        if not (folder / needed).exists():
+            raise PipelineError(f"{folder}: not an exported model folder (missing {needed})")
+    config = read_config(folder)
+    settings = read_settings(folder)
+    return config, settings, load_tokenizers(folder, config)
+
+
+class TextTranslator:
+    """Raw text in, detokenized translations out, around an engine's search over token ids.
 
     `settings` are the decoding settings used when :meth:`translate` is given none: those recorded
     in the folder's ``decoding.json``, else the defaults; `settings_file` is that file, or None.
     `unicode_form` is the normalization the training data had (``config["unicode_form"]``).
+    Subclasses give :meth:`search`: :class:`Translator` (PyTorch) and
+    :class:`~pipelines.inference.ct2_translator.CTranslate2Translator`.
     """
 
     def __init__(
         self,
-        model: Seq2Seq,
         tokenizers: Tokenizers,
         config: dict,
         settings: DecodingSettings | None = None,
         settings_file: Path | None = None,
     ) -> None:
-        self.model = model.eval()
         self.tokenizers = tokenizers
         self.config = config
         self.settings = settings if settings is not None else DecodingSettings()
         self.settings_file = settings_file
         self.unicode_form: str = config.get("unicode_form", DEFAULT_UNICODE_FORM)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @classmethod
-    def load(cls, folder: str | Path, device: str = "cpu") -> Translator:
-        """Load an exported model folder; a missing, incomplete or damaged folder is a one-line
-        error naming the file.
-
-        `device` is a torch device or ``auto`` (cuda when available, else cpu). The folder's
-        ``decoding.json``, if any, becomes the translator's `settings`.
-        """
-        folder = Path(folder)
-        for needed in ("config.json", "model.safetensors", "tokenizer"):
-            if not (folder / needed).exists():
-                raise PipelineError(f"{folder}: not an exported model folder (missing {needed})")
-        config = read_config(folder)
-        settings = read_settings(folder)
-        tokenizers = load_tokenizers(folder, config)
-        device = resolve_device(device)
-        try:
-            model = build_model(config["model"], config["src_vocab_size"], config["tgt_vocab_size"])
-        except (ConfigError, TypeError, ValueError) as err:
-            raise PipelineError(f"{folder / 'config.json'}: {one_line(err)}") from err
-        load_weights(model, folder / "model.safetensors")
-        if torch.device(device).type == "cuda":
-            use_cudnn_attention(False)  # beam search meets a new key length at every step
-        return cls(
-            model.to(device),
-            tokenizers,
-            config,
-            settings,
-            None if settings is None else folder / DECODING_FILE,
-        )
+    def search(
+        self, token_ids: list[list[int]], n_best: int, settings: DecodingSettings
+    ) -> list[list[Hypothesis]]:
+        """The `n_best` best hypotheses of each source (ids ending in EOS), best first."""
+        raise NotImplementedError
 
     def normalize(self, sentence: str) -> str:
         """`sentence` normalized as the training data was (Unicode form, controls, spaces)."""
@@ -276,19 +261,68 @@ class Translator:
 
             batches = tqdm(batches, desc="translating", unit="batch")
         for positions, token_ids in batches:
-            src = pad_batch(token_ids, self.device)
-            found = beam_search_n_best(
-                self.model,
-                src,
-                n_best,
-                beam_size=settings.beam_size,
-                length_penalty=settings.length_penalty,
-                max_len_margin=settings.max_len_margin,
-            )
+            found = self.search(token_ids, n_best, settings)
             texts = iter(self.tokenizers.decode_tgt([h.tokens for hyps in found for h in hyps]))
             for position, hypotheses in zip(positions, found, strict=True):
                 outputs[position] = [Translation(next(texts), h.score) for h in hypotheses]
         return outputs
+
+
+class Translator(TextTranslator):
+    """A PyTorch model plus its tokenizers, decoding with :func:`beam_search_n_best`."""
+
+    def __init__(
+        self,
+        model: Seq2Seq,
+        tokenizers: Tokenizers,
+        config: dict,
+        settings: DecodingSettings | None = None,
+        settings_file: Path | None = None,
+    ) -> None:
+        super().__init__(tokenizers, config, settings, settings_file)
+        self.model = model.eval()
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str = "cpu") -> Translator:
+        """Load an exported model folder; a missing, incomplete or damaged folder is a one-line
+        error naming the file.
+
+        `device` is a torch device or ``auto`` (cuda when available, else cpu). The folder's
+        ``decoding.json``, if any, becomes the translator's `settings`.
+        """
+        folder = Path(folder)
+        config, settings, tokenizers = read_folder(folder, "model.safetensors")
+        device = resolve_device(device)
+        try:
+            model = build_model(config["model"], config["src_vocab_size"], config["tgt_vocab_size"])
+        except (ConfigError, TypeError, ValueError) as err:
+            raise PipelineError(f"{folder / 'config.json'}: {one_line(err)}") from err
+        load_weights(model, folder / "model.safetensors")
+        if torch.device(device).type == "cuda":
+            use_cudnn_attention(False)  # beam search meets a new key length at every step
+        return cls(
+            model.to(device),
+            tokenizers,
+            config,
+            settings,
+            None if settings is None else folder / DECODING_FILE,
+        )
+
+    def search(
+        self, token_ids: list[list[int]], n_best: int, settings: DecodingSettings
+    ) -> list[list[Hypothesis]]:
+        return beam_search_n_best(
+            self.model,
+            pad_batch(token_ids, self.device),
+            n_best,
+            beam_size=settings.beam_size,
+            length_penalty=settings.length_penalty,
+            max_len_margin=settings.max_len_margin,
+        )
 
     def attention_example(
         self, sentence: str, settings: DecodingSettings | None = None
