@@ -17,6 +17,7 @@ LAYERS = [
     "pipelines.inference",
     "pipelines.training",
     "pipelines.reports",
+    "pipelines.study",
     "pipelines.tracking",
     "pipelines.ops",
     "pipelines.stages",

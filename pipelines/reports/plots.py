@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from pipelines.inference.translator import AttentionExample
 
 
-def _save(figure, path: Path) -> None:
+def save_figure(figure, path: Path) -> None:
+    """Write `figure` as a PNG at `path` (atomically) and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
@@ -45,7 +46,7 @@ def attention_heatmap(example: AttentionExample, path: Path, title: str = "") ->
         axis.set_title(f"head {head}" if heads > 1 else "attention", fontsize=9)
     if title:
         figure.suptitle(title, fontsize=9)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def validation_curves(histories: dict[str, list[dict[str, float]]], path: Path) -> None:
@@ -64,11 +65,13 @@ def validation_curves(histories: dict[str, list[dict[str, float]]], path: Path) 
     for axis in (bleu_axis, loss_axis):
         axis.grid(alpha=0.3)
         axis.legend()
-    _save(figure, path)
+    save_figure(figure, path)
 
 
-def bleu_bars(scores: dict[str, dict[str, float]], path: Path) -> None:
-    """Grouped bars: test BLEU per architecture, one group per test set."""
+def bleu_bars(
+    scores: dict[str, dict[str, float]], path: Path, title: str = "Test BLEU (beam search)"
+) -> None:
+    """Grouped bars: test BLEU per architecture (or model), one group per test set (or subset)."""
     archs = list(scores)
     splits = list(dict.fromkeys(split for values in scores.values() for split in values))
     width = 0.8 / max(len(archs), 1)
@@ -79,7 +82,7 @@ def bleu_bars(scores: dict[str, dict[str, float]], path: Path) -> None:
         bars = axis.bar(positions, values, width, label=arch)
         axis.bar_label(bars, fmt="%.1f", fontsize=8)
     axis.set_xticks([j + width * (len(archs) - 1) / 2 for j in range(len(splits))], splits)
-    axis.set(ylabel="sacreBLEU", title="Test BLEU (beam search)")
+    axis.set(ylabel="sacreBLEU", title=title)
     axis.legend()
     axis.grid(axis="y", alpha=0.3)
-    _save(figure, path)
+    save_figure(figure, path)
