@@ -206,6 +206,11 @@ def test_every_architecture_run_carries_its_lineage(tiny_pipeline, store, arch_r
             for name, d in inputs.items()
         }
         assert roles["train"] == {"train"} and roles[params.data.test_splits[0]] == {"test"}
+        # Each from its corpus file at the data version the run is tagged with.
+        sources = {name: json.loads(d.dataset.source) for name, d in inputs.items()}
+        assert {d.dataset.source_type for d in inputs.values()} == {"dvc"}
+        assert {source["md5"] for source in sources.values()} == {data_md5}
+        assert sources["train"]["path"].startswith("data/multi30k/train.jsonl")
         # BLEU per test set and per source-length bucket.
         metrics = run.data.metrics
         assert "val/bleu" in metrics

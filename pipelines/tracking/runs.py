@@ -230,29 +230,6 @@ def log_params(client, run_id: str, flat: dict[str, Any]) -> None:
         client.log_batch(run_id, params=items[start : start + 100])
 
 
-def log_dataset_inputs(client, run_id: str, manifest: dict[str, Any]) -> None:
-    """Each split as an MLflow dataset input: source, digest and row count."""
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-
-    source = manifest["source"]
-    local = source.get("kind") == "local"
-    roles = {manifest["train"]: "train", manifest["validation"]: "validation"}
-    roles.update({split: "test" for split in manifest["test"]})
-    inputs = []
-    for split, info in manifest["splits"].items():
-        uri = source["files"].get(split, source["dataset"]) if local else source["dataset"]
-        dataset = Dataset(
-            name=split,
-            digest=info["sha256"][:16],
-            source_type="local" if local else "hugging_face",
-            source=json.dumps({"uri": uri, "split": split, "revision": source.get("revision")}),
-            profile=json.dumps({"num_rows": info["rows"]}),
-        )
-        context = InputTag("mlflow.data.context", roles.get(split, "other"))
-        inputs.append(DatasetInput(dataset, tags=[context]))
-    client.log_inputs(run_id, datasets=inputs)
-
-
 def finish_stale_run(client, run_id: str, reason: str) -> None:
     """Mark a run that a killed process left RUNNING as KILLED, with the reason."""
     try:
