@@ -164,7 +164,10 @@ def test_pad_and_bos_mass_is_dropped_from_scores_but_tokens_agree(tmp_path):
 
 def test_int8_weights_compute_in_int8_and_translate_mostly_alike(engines, tmp_path):
     ours, float32, _ = engines
+    weights = {name: value.clone() for name, value in ours.model.state_dict().items()}
     export_ctranslate2(ours, "model", tmp_path / "int8", quantization="int8")
+    for name, value in ours.model.state_dict().items():  # quantized copies, not the model
+        assert torch.equal(value, weights[name]), name
     int8 = CTranslate2Translator.load(tmp_path / "int8", threads=1)
     assert (float32.engine.compute_type, int8.engine.compute_type) == ("float32", "int8_float32")
     pairs = zip(int8.translate(SOURCES), float32.translate(SOURCES), strict=True)

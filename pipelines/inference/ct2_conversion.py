@@ -33,7 +33,8 @@ QUANTIZATIONS = ("float32", "int8")  # the weight types measured on CPU (benchma
 
 
 def _array(tensor: Tensor) -> Any:
-    return tensor.detach().cpu().float().numpy()
+    """A float32 copy: CTranslate2 quantizes its arrays in place, the model must stay as it is."""
+    return tensor.detach().to("cpu", torch.float32, copy=True).numpy()
 
 
 def _set_linear(spec: Any, linear: nn.Linear) -> None:
