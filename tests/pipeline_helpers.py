@@ -59,6 +59,27 @@ def tiny_corpus() -> Path:
     return target
 
 
+# The study on a CI budget: tiny models, synthetic lengths up to 64, a few steps per part.
+TINY_STUDY: dict[str, Any] = {
+    "seed": 7,
+    "device": "cpu",
+    "d_model": 16,
+    "n_heads": 2,
+    "layers": 1,
+    "lengths": [16, 32, 64],
+    "repeats": 1,
+    "vocab_size": 100,
+    "steps": 8,
+    "batch_tokens": 256,
+    "warmup_steps": 2,
+    "synthetic_max_length": 64,
+    "eval_examples": 40,
+    "max_train_tokens": 24,
+    "probe_pairs": 20,
+    "head_counts": [1, 2, 4],
+    "bleu_levels": [1.0, 2.0],
+}
+
 # The tiny profile: a few hundred pairs, tiny models, one short epoch. Applied on top of the
 # real params.yaml so that the test exercises the same keys users edit.
 TINY_OVERRIDES: dict[str, Any] = {
@@ -93,6 +114,7 @@ TINY_OVERRIDES: dict[str, Any] = {
             for arch in ("lstm_additive", "lstm_none", "lstm_multiplicative", "gru")
         },
     },
+    "study": TINY_STUDY,
 }
 
 

@@ -13,30 +13,11 @@ import yaml
 from pipelines.stages import prepare, tokenizer
 from pipelines.stages import study as study_stage
 from pipelines.study.report import PART_CLAIMS
-from tests.pipeline_helpers import SHARED, tiny_corpus
+from tests.pipeline_helpers import SHARED, TINY_STUDY, tiny_corpus
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 VERDICTS = ("supported", "not supported", "mixed", "not measured")
 TOPICS = [topic for claims in PART_CLAIMS.values() for topic in claims]
-TINY_STUDY = {
-    "seed": 7,
-    "device": "cpu",
-    "d_model": 16,
-    "n_heads": 2,
-    "layers": 1,
-    "lengths": [16, 32, 64],
-    "repeats": 1,
-    "vocab_size": 100,
-    "steps": 8,
-    "batch_tokens": 256,
-    "warmup_steps": 2,
-    "synthetic_max_length": 64,
-    "eval_examples": 40,
-    "max_train_tokens": 24,
-    "probe_pairs": 20,
-    "head_counts": [1, 2, 4],
-    "bleu_levels": [1.0, 2.0],
-}
 # The evaluate stage's scores and the training histories of two runs named with their seeds.
 BUCKETS = {"1-10": 31.25, "11-20": 28.5, "21-30": 22.75, "31+": 17.0}
 HISTORIES = {

@@ -5,8 +5,8 @@
    when the branch has an upstream; otherwise the workspace is used as it is (a corpus folder must
    match its ``.dvc`` pointer, i.e. be ``dvc add``-ed; a Hub corpus is versioned by
    ``data.revision``).
-3. Nothing changed (``dvc status``), a champion exists and the pipeline's current best model has
-   been decided on: exit ``EXIT_UP_TO_DATE``.
+3. Nothing changed (``dvc status`` of the stages up to compare), a champion exists and the
+   pipeline's current best model has been decided on: exit ``EXIT_UP_TO_DATE``.
 4. Otherwise ``dvc repro evaluate`` (every stage up to the test scores; log kept next to the
    decision record; with ``retrain.start: warm`` the train stage fine-tunes the champion), then
    re-translate the promotion
@@ -105,8 +105,10 @@ def sync(root: Path, params_file: Path) -> tuple[str, Params]:
 
 
 def pipeline_status(root: Path, params: Params) -> dict[str, Any]:
-    """``dvc status`` as JSON; a corpus folder out of step with its pointer is an error."""
-    done = command(root, "dvc", "status", "--json")
+    """``dvc status`` of `compare` and every stage before it, as JSON (the `study` stage after it
+    reports on the models and decides nothing); a corpus folder out of step with its pointer is an
+    error."""
+    done = command(root, "dvc", "status", "--with-deps", "compare", "--json")
     status = json.loads(done.stdout or "{}")
     pointer = data_pointer(params, root)
     if pointer is not None and str(pointer.relative_to(root)) in status:
