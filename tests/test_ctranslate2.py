@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -18,11 +20,13 @@ from models import BOS_ID, EOS_ID, PAD_ID
 from pipelines import cli
 from pipelines.core.errors import EXIT_USER_ERROR
 from pipelines.core.params import DecodingSettings
+from pipelines.data.prepared import jsonl_bytes
 from pipelines.inference.ct2_conversion import export_ctranslate2
 from pipelines.inference.ct2_translator import CT2_MODEL, CTranslate2Translator
 from pipelines.inference.settings import read_settings, write_settings
 from pipelines.inference.translator import Translator, pad_batch
 from tests.exported_model import MODEL, WORDS, make_exported_folder
+from tests.pipeline_helpers import REPO
 
 SETTINGS = DecodingSettings(beam_size=4, length_penalty=0.6, max_len_margin=20, batch_size=8)
 VARIANTS = {
@@ -303,3 +307,34 @@ def test_without_the_package_the_error_names_the_extra(tmp_path, capsys, folder,
     monkeypatch.setitem(sys.modules, "ctranslate2", None)  # import fails
     err = user_error(capsys, "export", "--model", str(folder), "--output", str(tmp_path / "out"))
     assert "the CTranslate2 engine needs ctranslate2: pip install 'nmt-pipeline[ct2]'" in err
+
+
+def test_the_cpu_benchmark_scores_and_times_each_engine(tmp_path, folder):
+    """`python -m benchmarks.cpu_engines`, run as a tool: BLEU, speed and settings per engine."""
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    pairs = [(s, " ".join(s.split()[::-1])) for s in SOURCES]
+    (prepared / "test.jsonl").write_bytes(jsonl_bytes(pairs))
+    out = tmp_path / "result.json"
+    command = [sys.executable, "-m", "benchmarks.cpu_engines", "--model", str(folder)]
+    command += ["--prepared", str(prepared), "--split", "test", "--rounds", "2", "--threads", "1"]
+    command += ["--batch-sizes", "4", "8", "--sweep-sentences", "8", "--out", str(out)]
+    subprocess.run(
+        command,
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
+    result = json.loads(out.read_text())
+    engines = result["engines"]
+    assert list(engines) == ["pytorch", "ct2_float32", "ct2_int8"]
+    assert engines["ct2_float32"]["same_as_pytorch"] == len(SOURCES)
+    assert engines["ct2_float32"]["bleu"] == engines["pytorch"]["bleu"]
+    for row in engines.values():
+        assert len(row["rounds"]) == 2 and row["sentences_per_sec"] > 0
+        assert row["batch_size"] in (4, 8) and row["threads"] == 1
+    assert engines["pytorch"]["speedup"] == 1.0
+    assert (
+        result["environment"]["ctranslate2"] and result["decoding"] == DecodingSettings().to_dict()
+    )
