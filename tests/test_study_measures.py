@@ -15,7 +15,7 @@ from pipelines.study.attention_capture import captured_attention
 from pipelines.study.graph_depth import autograd_depth, unrolled_lstm
 from pipelines.study.heads import HeadStats, attention_entropy, role_shares
 from pipelines.study.layers import family_layers
-from pipelines.study.timing import measure_step, saved_activation_bytes
+from pipelines.study.timing import measure_steps, saved_activation_bytes
 from pipelines.study.variants import transformer_config
 
 
@@ -73,11 +73,28 @@ def test_saved_activations_grow_with_the_input_and_leave_parameters_out():
     assert linear.weight.grad is None  # measuring leaves no gradients behind
 
 
-def test_measure_step_times_repeats_and_counts_memory():
-    linear = nn.Linear(8, 8)
-    x = torch.randn(2, 8)
-    cost = measure_step(lambda: linear(x).sum(), linear, torch.device("cpu"), repeats=3)
-    assert cost.seconds > 0 and cost.saved_bytes == 2 * 8 * 4 and cost.peak_bytes is None
+def test_measure_steps_times_every_step_in_rounds_and_counts_its_memory():
+    calls = []
+    small, large = nn.Linear(8, 8), nn.Linear(8, 8)
+    x, y = torch.randn(2, 8), torch.randn(64, 8)
+
+    def step(name, module, inputs):
+        def loss():
+            calls.append(name)
+            return module(inputs).sum()
+
+        return loss, module
+
+    costs = measure_steps(
+        {"small": step("small", small, x), "large": step("large", large, y)},
+        torch.device("cpu"),
+        repeats=3,
+    )
+    # counted and warmed up one after the other, then three rounds of both
+    assert calls == ["small"] * 2 + ["large"] * 2 + ["small", "large"] * 3
+    assert costs["small"].saved_bytes == 2 * 8 * 4 and costs["large"].saved_bytes == 64 * 8 * 4
+    assert all(cost.seconds > 0 and cost.peak_bytes is None for cost in costs.values())
+    assert small.weight.grad is None and large.weight.grad is None
 
 
 def test_captured_attention_leaves_the_output_as_it_was_and_removes_its_hooks():

@@ -33,6 +33,7 @@ def test_the_defaults_are_valid_and_run_every_part():
         ({"n_heads": 5}, "study.n_heads: 5 heads do not divide d_model 64"),
         ({"kernel_size": 4}, "study.kernel_size: must be odd"),
         ({"steps": 0}, "study.steps: must be > 0"),
+        ({"vocab_size": 4}, "study.vocab_size: must leave words beside the 4 reserved ids"),
         ({"device": "tpu"}, "study.device: must be auto, cpu, cuda or cuda:<index>"),
         ({"batch_tokens": 50}, "study.batch_tokens: must hold one synthetic sequence"),
         ({"lenghts": [16]}, "study.lenghts: unknown key"),

@@ -8,6 +8,7 @@ from typing import Literal
 from models.config import require
 from models.convolutional import ConvS2SConfig
 from models.transformer import TransformerConfig
+from models.vocab import EOS_ID
 
 StudyPart = Literal["cost", "path", "positional", "heads", "efficiency"]
 STUDY_PARTS: tuple[StudyPart, ...] = ("cost", "path", "positional", "heads", "efficiency")
@@ -57,7 +58,7 @@ class StudyParams:
     def validate(self, prefix: str = "") -> None:
         require(len(self.parts) > 0, f"{prefix}parts", "needs at least one part")
         require(len(set(self.parts)) == len(self.parts), f"{prefix}parts", "lists a part twice")
-        sizes = ("d_model", "n_heads", "layers", "kernel_size", "repeats", "vocab_size", "steps")
+        sizes = ("d_model", "n_heads", "layers", "kernel_size", "repeats", "steps")
         sizes += ("batch_tokens", "synthetic_max_length", "eval_examples", "max_train_tokens")
         for name in sizes:
             require(getattr(self, name) > 0, f"{prefix}{name}", "must be > 0")
@@ -66,6 +67,11 @@ class StudyParams:
         require(self.warmup_steps >= 0, f"{prefix}warmup_steps", "must be >= 0")
         require(self.probe_pairs >= 0, f"{prefix}probe_pairs", "must be >= 0")
         require(self.symbols >= 2, f"{prefix}symbols", "must be >= 2")
+        require(
+            self.vocab_size > EOS_ID + 1,
+            f"{prefix}vocab_size",
+            f"must leave words beside the {EOS_ID + 1} reserved ids",
+        )
         require(len(self.lengths) > 0, f"{prefix}lengths", "needs at least one length")
         for length in self.lengths:
             require(length >= 2, f"{prefix}lengths", f"{length} is below 2 tokens")

@@ -5,13 +5,14 @@ sequential operations of each layer and where self-attention stops being the che
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from models.factory import build_model
-from models.vocab import BOS_ID, UNK_ID
+from models.vocab import BOS_ID
 from pipelines.core.study_params import StudyParams
 from pipelines.study.claims import Claim, verdict_of_checks
 from pipelines.study.figures import Panel, line_panels
@@ -19,7 +20,8 @@ from pipelines.study.fits import crossing, fit_power_law, power_law_crossing, up
 from pipelines.study.graph_depth import autograd_depth
 from pipelines.study.layers import FamilyLayer, family_layers
 from pipelines.study.part import PartResult, markdown_table, two_decimals
-from pipelines.study.timing import StepCost, measure_step
+from pipelines.study.synthetic import FIRST_SYMBOL
+from pipelines.study.timing import StepCost, measure_steps
 from pipelines.study.variants import FAMILY_NAMES, family_configs
 from pipelines.training.loss import token_mean_loss
 
@@ -43,7 +45,7 @@ class Measurement:
 
     subject: str
     length: int
-    batch: int  # sequences of `length` tokens: batch_tokens // length
+    batch: int  # sequences of `length` tokens in the batch
     cost: StepCost
 
     @property
@@ -59,31 +61,34 @@ class Measurement:
         return self.cost.saved_bytes / self.tokens
 
 
-def measure_layer(
-    layer: FamilyLayer, length: int, study: StudyParams, device: torch.device
-) -> Measurement:
-    batch = max(1, study.batch_tokens // length)
-    x = torch.randn(batch, length, study.d_model, device=device)  # [B, n, d]
-    cost = measure_step(lambda: layer.forward(x).mean(), layer.module, device, study.repeats)
-    return Measurement(layer.family, length, batch, cost)
+Step = tuple[Callable[[], torch.Tensor], torch.nn.Module]
 
 
-def measure_model(
-    name: str, model: torch.nn.Module, length: int, study: StudyParams, device: torch.device
-) -> Measurement:
+def _batch(length: int, study: StudyParams) -> int:
+    """Sequences of `length` tokens in a batch of `study.batch_tokens` (at least one)."""
+    return max(1, study.batch_tokens // length)
+
+
+def layer_step(layer: FamilyLayer, length: int, study: StudyParams, device: torch.device) -> Step:
+    """A training step of one layer on random vectors [batch, n, d]."""
+    x = torch.randn(_batch(length, study), length, study.d_model, device=device)  # [B, n, d]
+    return (lambda: layer.forward(x).mean()), layer.module
+
+
+def model_step(
+    model: torch.nn.Module, length: int, study: StudyParams, device: torch.device
+) -> Step:
     """A training step of a whole model on random tokens, source and target `length` long."""
-    batch = max(1, study.batch_tokens // length)
-    src = torch.randint(UNK_ID + 3, study.vocab_size, (batch, length), device=device)
-    tgt_out = torch.randint(UNK_ID + 3, study.vocab_size, (batch, length), device=device)
+    shape = (_batch(length, study), length)
+    src = torch.randint(FIRST_SYMBOL, study.vocab_size, shape, device=device)
+    tgt_out = torch.randint(FIRST_SYMBOL, study.vocab_size, shape, device=device)
     tgt_in = torch.cat([torch.full_like(tgt_out[:, :1], BOS_ID), tgt_out[:, :-1]], dim=1)
-
-    def loss():
-        return token_mean_loss(model(src, tgt_in), tgt_out, 0.0)[0]
-
-    return Measurement(name, length, batch, measure_step(loss, model, device, study.repeats))
+    return (lambda: token_mean_loss(model(src, tgt_in), tgt_out, 0.0)[0]), model
 
 
-def sequential_steps(layer: FamilyLayer, length: int, study: StudyParams, device) -> int:
+def sequential_steps(
+    layer: FamilyLayer, length: int, study: StudyParams, device: torch.device
+) -> int:
     """Operations on the longest dependency chain of the layer at `length` (batch of one)."""
     return autograd_depth(layer.stepwise(torch.randn(1, length, study.d_model, device=device)))
 
@@ -94,6 +99,7 @@ def _exponent(lengths: list[int], values: list[float]) -> float:
 
 
 def run_cost(study: StudyParams, device: torch.device, figures: Path) -> PartResult:
+    """Measure every layer and whole model at every length; claims, tables and two plots."""
     torch.manual_seed(study.seed)
     lengths = sorted(study.lengths)
     layers = family_layers(study.d_model, study.n_heads, study.kernel_size)
@@ -103,16 +109,24 @@ def run_cost(study: StudyParams, device: torch.device, figures: Path) -> PartRes
         name: build_model(config, study.vocab_size).to(device)
         for name, config in family_configs(study).items()
     }
-    layer_rows: dict[str, list[Measurement]] = {layer.family: [] for layer in layers}
-    model_rows: dict[str, list[Measurement]] = {name: [] for name in models}
-    depths: dict[str, list[int]] = {layer.family: [] for layer in layers}
+    steps: dict[tuple[str, int], Step] = {}
     for length in lengths:
-        log.info("cost: length %d", length)
         for layer in layers:
-            layer_rows[layer.family].append(measure_layer(layer, length, study, device))
-            depths[layer.family].append(sequential_steps(layer, length, study, device))
+            steps[layer.family, length] = layer_step(layer, length, study, device)
         for name, model in models.items():
-            model_rows[name].append(measure_model(name, model, length, study, device))
+            steps[name, length] = model_step(model, length, study, device)
+    log.info("cost: %d steps, %d timed rounds", len(steps), study.repeats)
+    costs = measure_steps(steps, device, study.repeats)
+
+    def rows(subject: str) -> list[Measurement]:
+        return [Measurement(subject, n, _batch(n, study), costs[subject, n]) for n in lengths]
+
+    layer_rows = {layer.family: rows(layer.family) for layer in layers}
+    model_rows = {name: rows(name) for name in models}
+    depths = {
+        layer.family: [sequential_steps(layer, n, study, device) for n in lengths]
+        for layer in layers
+    }
     return _result(study, device, lengths, layers, layer_rows, model_rows, depths, figures)
 
 
@@ -322,7 +336,7 @@ def _tables(
     )
     return [
         f"Forward+backward of one training step at {study.batch_tokens} tokens per batch, "
-        f"median of {study.repeats} repeats, d = {study.d_model}, {study.n_heads} heads, "
+        f"fastest of {study.repeats} repeats, d = {study.d_model}, {study.n_heads} heads, "
         f"kernel {study.kernel_size}, whole models with {study.layers}+{study.layers} layers and "
         f"{study.vocab_size} target words, on {device.type}; {memory}.",
         "",

@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import FormatStrFormatter
 
 from pipelines.reports.plots import save_figure
 
@@ -34,6 +35,9 @@ def line_panels(panels: list[Panel], path: Path) -> None:
         if panel.log:
             axis.set_xscale("log", base=2)
             axis.set_yscale("log")
+            for ticks in (axis.xaxis, axis.yaxis):  # plain numbers, not powers of ten
+                ticks.set_major_formatter(FormatStrFormatter("%g"))
+                ticks.set_minor_formatter(FormatStrFormatter("%g"))
         axis.set(title=panel.title, xlabel=panel.xlabel, ylabel=panel.ylabel)
         axis.grid(alpha=0.3, which="both")
         if panel.series:

@@ -1,22 +1,25 @@
-"""Forward+backward cost of one training step: median time over repeats, the activations
-autograd keeps for the backward pass, and (CUDA) the peak memory the step allocates."""
+"""Forward+backward cost of one training step: the fastest of several timed repeats (the one
+other processes disturbed least, as `timeit` advises), the activations autograd keeps for the
+backward pass, and (CUDA) the peak memory the step allocates."""
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
+
+K = TypeVar("K")
 
 
 @dataclass(frozen=True)
 class StepCost:
     """One step's measured cost."""
 
-    seconds: float  # median forward+backward time
+    seconds: float  # forward+backward time, the fastest repeat
     saved_bytes: int  # tensors autograd saves for backward, parameters left out
     peak_bytes: int | None  # CUDA only: peak allocation during the step above what was there
 
@@ -45,25 +48,46 @@ def saved_activation_bytes(loss_fn: Callable[[], Tensor], module: nn.Module) -> 
     return sum(storages.values())
 
 
-def measure_step(
-    loss_fn: Callable[[], Tensor], module: nn.Module, device: torch.device, repeats: int
-) -> StepCost:
-    """Run `loss_fn` (the forward pass, to a scalar) and its backward pass: once to count the
-    saved activations, once more to warm up, then `repeats` timed times."""
-    saved = saved_activation_bytes(loss_fn, module)
-    loss_fn().backward()  # warm-up: kernel selection, allocator caches
+def _timed_step(
+    loss_fn: Callable[[], Tensor], module: nn.Module, device: torch.device
+) -> tuple[float, int]:
+    """Seconds of one forward+backward pass and, on CUDA, the peak bytes it allocated (else 0)."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    _synchronize(device)
+    start = time.perf_counter()
+    loss_fn().backward()
+    _synchronize(device)
+    seconds = time.perf_counter() - start
     module.zero_grad(set_to_none=True)
-    times, peak = [], None
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            before = torch.cuda.memory_allocated(device)
-        _synchronize(device)
-        start = time.perf_counter()
-        loss_fn().backward()
-        _synchronize(device)
-        times.append(time.perf_counter() - start)
-        if device.type == "cuda":
-            peak = max(peak or 0, torch.cuda.max_memory_allocated(device) - before)
-        module.zero_grad(set_to_none=True)
-    return StepCost(statistics.median(times), saved, peak)
+    return seconds, torch.cuda.max_memory_allocated(device) - before if cuda else 0
+
+
+def measure_steps(
+    steps: dict[K, tuple[Callable[[], Tensor], nn.Module]], device: torch.device, repeats: int
+) -> dict[K, StepCost]:
+    """The cost of each step: key -> (the forward pass to a scalar loss, its module).
+
+    Each step first runs once to count its saved activations and once to warm up (kernel
+    choice, allocator caches). Then `repeats` rounds time every step once each, so that a burst
+    of load from other processes slows one round of many steps, not every repeat of one.
+    """
+    saved = {}
+    for key, (loss_fn, module) in steps.items():
+        saved[key] = saved_activation_bytes(loss_fn, module)
+        _timed_step(loss_fn, module, device)
+    rounds = [
+        {key: _timed_step(loss_fn, module, device) for key, (loss_fn, module) in steps.items()}
+        for _ in range(repeats)
+    ]
+    cuda = device.type == "cuda"
+    return {
+        key: StepCost(
+            min(timed[key][0] for timed in rounds),
+            saved[key],
+            max(timed[key][1] for timed in rounds) if cuda else None,
+        )
+        for key in steps
+    }
