@@ -1,14 +1,17 @@
-"""Train one architecture of a params file with the train stage's own library, without MLflow, then
-export it and beam-search the test splits: for lent GPU machines that have no mlflow installed.
+"""Train one architecture with one seed as the train stage does, but without MLflow, then evaluate
+it as the evaluate stage does: for lent GPU machines that have no mlflow installed.
 
-    python -m benchmarks.train_untracked --arch convs2s --params profiles/gpu.yaml \\
-        --budget-s 300 --out results/
+    python -m benchmarks.train_untracked --arch convs2s --seed 1234 --params profiles/gpu.yaml \\
+        --out results/
 
-It builds the module, the data module and the Trainer as ``pipelines.stages.train`` does
-(Lightning's default logger instead of MLflow) and scores as ``pipelines.stages.evaluate`` does; the
-run's
-history, throughput and test scores go to ``<out>/<arch>_untracked.json``. Needs the tokenizer
-stage's ``data/tokenized`` for the params file's tokenizer settings.
+It builds the module, the data module and the Trainer with the train stage's own functions (the
+params file's ``budget``; Lightning's default logger instead of MLflow) and writes what the two
+stages write, under ``<out>``: ``artifacts/<arch>-<seed>/training.json`` (the same summary, with
+no MLflow run ids), ``logs/<arch>-<seed>/history.csv``, ``metrics/<arch>-<seed>.json`` and
+``hypotheses/<arch>-<seed>/``. The model itself stays in a temporary folder. With those folders
+copied into a checkout, ``pipelines.reports.comparison.compare`` writes the comparison report.
+Reads ``data/prepared`` and ``data/tokenized`` (for the params file's tokenizer settings) from the
+working directory.
 """
 
 from __future__ import annotations
@@ -16,70 +19,69 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import lightning.pytorch as pl
-import torch
-import yaml
 
+from pipelines.core.atomic import atomic_write_json
 from pipelines.core.params import load_params
-from pipelines.core.paths import PATHS
+from pipelines.core.paths import PATHS, ProjectPaths
 from pipelines.data.vocab import Tokenizers
 from pipelines.inference.evaluation import evaluate
+from pipelines.inference.settings import resolve_device
 from pipelines.inference.translator import Translator
-from pipelines.stages.train import build_module, data_module, export_config
+from pipelines.stages.train import (
+    build_module,
+    data_module,
+    export_config,
+    load_best,
+    training_summary,
+)
 from pipelines.training.export import export_model
 from pipelines.training.trainer import accumulation, build_trainer, world_size
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.train_untracked", description=__doc__
+        prog="python -m benchmarks.train_untracked",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--arch", required=True, help="an entry of `models` in the params file")
+    parser.add_argument("--seed", type=int, help="one of the params file's seeds (default: first)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
-    parser.add_argument("--budget-s", type=float, help="train.max_time_s for this run")
-    parser.add_argument("--out", type=Path, required=True, help="folder for the result JSON")
+    parser.add_argument("--out", type=Path, required=True, help="root of the output folders")
     args = parser.parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="untracked-"))
-    raw = yaml.safe_load(args.params.read_text())
-    raw["architectures"] = [args.arch]
-    raw["train"]["max_time_s"] = args.budget_s
-    (work / "params.yaml").write_text(yaml.safe_dump(raw))
-    params = load_params(work / "params.yaml")
-    pl.seed_everything(params.seed, workers=True)
+    params = load_params(args.params)
+    run = params.model_run(args.arch, args.seed)
+    out = ProjectPaths(args.out)
+    work = Path(tempfile.mkdtemp(prefix=f"untracked-{run.name}-"))
+    pl.seed_everything(run.seed, workers=True)
     tokenizers = Tokenizers.load(PATHS.tokenized)
-    module = build_module(args.arch, params, PATHS, tokenizers, None)
+    module = build_module(run, params, PATHS, tokenizers, None)
     accumulate = accumulation(params.train, world_size(params))
-    history = args.out / f"{args.arch}_history.csv"
-    trainer, monitor, best = build_trainer(
-        params, args.arch, work / "checkpoints", history, None, accumulate
+    history = out.logs / run.name / "history.csv"
+    trainer, monitor, best, budget = build_trainer(
+        params, run.arch, work / "checkpoints", history, None, accumulate
     )
-    start = time.time()
-    trainer.fit(module, datamodule=data_module(params, PATHS, accumulate))
-    seconds = time.time() - start
-    state = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
-    module.load_state_dict(state["state_dict"])
-    export_model(module.model, export_config(args.arch, params, tokenizers), tokenizers, work / "m")
-    translator = Translator.load(work / "m", device=params.evaluate.device)
+    trainer.fit(module, datamodule=data_module(params, PATHS, run.seed, accumulate))
+    averaging = load_best(module, best.best_model_path, params, PATHS)
+    model_dir = work / "model"
+    export_model(module.model, export_config(run.arch, params, tokenizers), tokenizers, model_dir)
+    summary = training_summary(run, params, module, monitor, trainer, budget, averaging)
+    summary.update(run_id=None, parent_run_id=None)
+    atomic_write_json(out.artifacts / run.name / "training.json", summary)
+    translator = Translator.load(model_dir, device=resolve_device(params.evaluate.device))
     metrics = evaluate(
-        translator, params.data.test_splits, params.evaluate, PATHS.prepared, work / "hypotheses"
+        translator,
+        params.data.test_splits,
+        params.evaluate,
+        PATHS.prepared,
+        out.hypotheses / run.name,
     )
-    result = {
-        "arch": args.arch,
-        "params": module.model.num_parameters(),
-        "fit_seconds": round(seconds, 1),
-        "epochs": len(monitor.rows),
-        "history": monitor.rows,
-        "tokens_per_sec": monitor.tokens_per_sec,
-        "test": {s: {k: v[k] for k in ("bleu", "chrf", "signature")} for s, v in metrics.items()},
-        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-        "torch": torch.__version__,
-    }
-    (args.out / f"{args.arch}_untracked.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: result[k] for k in ("params", "fit_seconds", "epochs", "test")}))
+    atomic_write_json(out.metrics / f"{run.name}.json", metrics)
+    scores = {split: values["bleu"] for split, values in metrics.items()}
+    print(json.dumps({"run": run.name, "val_bleu": summary["val_bleu"], "test_bleu": scores}))
 
 
 if __name__ == "__main__":

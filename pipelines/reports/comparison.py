@@ -150,7 +150,7 @@ def table_rows(
             tokens_per_sec=mean([summary["tokens_per_sec"] for summary in summaries], 0),
             seconds_to_95=mean([seconds_to_fraction(result.history) for result in arch_results], 1),
             selected=arch == selection.arch,
-            run_ids=" ".join(summary["run_id"] for summary in summaries),
+            run_ids=" ".join(str(summary["run_id"] or "") for summary in summaries).strip(),
         )
         rows.append(row)
     return rows
@@ -165,7 +165,7 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def _with_sd(value: Any, spread: Any) -> str:
-    return f"{value} ± {spread}" if spread != "" else str(value)
+    return f"{value:.2f} ± {spread:.2f}" if spread != "" else f"{value:.2f}"
 
 
 def _interval(row: dict[str, Any], split: str) -> str:
@@ -205,13 +205,13 @@ def to_markdown(
         for split in params.data.test_splits:
             cells += [
                 _with_sd(row[f"{split}_bleu"], row[f"{split}_bleu_sd"]),
-                str(row[f"{split}_chrf"]),
+                f"{row[f'{split}_chrf']:.2f}",
                 _interval(row, split),
             ]
         cells += [
             _with_sd(row["val_bleu"], row["val_bleu_sd"]),
             f"{row['parameters'] / 1e6:.2f} M",
-            f"{row['budget_used']} of {row['budget']}",
+            f"{row['budget_used']:g} of {row['budget']}",
             str(row["train_seconds"]),
             f"{row['tokens_per_sec']:,.0f}" if row["tokens_per_sec"] != "" else "",
             str(row["seconds_to_95"]),

@@ -36,7 +36,8 @@ from pipelines.tracking.training_runs import (
     open_training_run,
 )
 from pipelines.training.averaging import apply_checkpoint_average
-from pipelines.training.callbacks import write_history
+from pipelines.training.budget import TrainingBudget
+from pipelines.training.callbacks import TrainingMonitor, write_history
 from pipelines.training.checkpoints import fingerprint, resumable_checkpoint
 from pipelines.training.datamodule import TranslationDataModule
 from pipelines.training.export import export_model, warm_start
@@ -123,12 +124,8 @@ def train(
     averaging = load_best(module, best, params, paths)
     config = export_config(run.arch, params, tokenizers)
     export_model(module.model, config, tokenizers, paths.artifacts / run.name)
-    summary = training_summary(run, params, module, monitor, trainer.world_size, global_batch)
-    summary.update(budget.used(trainer))
-    summary.update(run_id=run_id, parent_run_id=parent_id, checkpoint_average=averaging)
-    averaged = averaging is not None and averaging["kept"] == "averaged"
-    # The exported model's validation BLEU: what every model choice is made on.
-    summary["val_bleu"] = averaging["averaged_val_bleu"] if averaged else summary["best_val_bleu"]
+    summary = training_summary(run, params, module, monitor, trainer, budget, averaging)
+    summary.update(run_id=run_id, parent_run_id=parent_id)
     atomic_write_json(paths.artifacts / run.name / "training.json", summary)
     finish_training_run(client, run_id, summary, history, params.data.validation_split)
     return summary
@@ -188,14 +185,16 @@ def training_summary(
     run: ModelRun,
     params: Params,
     module: TranslationModule,
-    monitor,
-    devices: int,
-    global_batch: int,
+    monitor: TrainingMonitor,
+    trainer: pl.Trainer,
+    budget: TrainingBudget,
+    averaging: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """artifacts/<arch>-<seed>/training.json: size, best epoch, time and throughput of the run
-    (the caller adds the budget it used)."""
+    """artifacts/<arch>-<seed>/training.json: size, best epoch, the exported model's validation
+    BLEU (what every model choice reads), the budget used, time and throughput of the run."""
     best_row = max(monitor.rows, key=lambda r: r.get("val_bleu", float("-inf")), default={})
     rates = monitor.tokens_per_sec
+    averaged = averaging is not None and averaging["kept"] == "averaged"
     return {
         "arch": run.arch,
         "seed": run.seed,
@@ -203,11 +202,16 @@ def training_summary(
         "num_parameters": module.model.num_parameters(),
         "best_epoch": best_row.get("epoch"),
         "best_val_bleu": best_row.get("val_bleu"),
+        "val_bleu": averaging["averaged_val_bleu"] if averaged else best_row.get("val_bleu"),
+        "checkpoint_average": averaging,
+        **budget.used(trainer),
         "epochs": len(monitor.rows),
         "train_seconds": round(monitor.train_seconds, 1),
         "tokens_per_sec": round(sum(rates) / max(len(rates), 1), 1),
-        "global_batch_tokens": global_batch,
-        "world_size": devices,
+        "global_batch_tokens": params.train.batch_tokens
+        * trainer.world_size
+        * trainer.accumulate_grad_batches,
+        "world_size": trainer.world_size,
         "device": runs.lineage_tags(params.data.dataset)["device"],
     }
 

@@ -13,7 +13,6 @@ from pipelines.core.atomic import atomic_write_json
 from pipelines.core.params import ModelRun, Params
 from pipelines.data.vocab import Tokenizers
 from pipelines.tracking import runs
-from pipelines.tracking.dataset_inputs import log_dataset_inputs
 from pipelines.training.checkpoints import checkpoint_position, prepare_checkpoint_dir, saved_run_id
 
 log = logging.getLogger("nmt.train")
@@ -57,6 +56,8 @@ def open_training_run(
     run_id = client.create_run(exp_id, run_name=run.name, tags=tags).info.run_id
     atomic_write_json(ckpt_dir / "fingerprint.json", {"fingerprint": key, "run_id": run_id})
     runs.log_params(client, run_id, params.flat(run.arch) | {"arch": run.arch, "seed": run.seed})
+    from pipelines.tracking.dataset_inputs import log_dataset_inputs  # imports mlflow
+
     log_dataset_inputs(client, run_id, prepared)
     for model_file in tokenizers.model_files:
         client.log_artifact(run_id, str(model_file), artifact_path="tokenizer")
