@@ -47,8 +47,12 @@ class CTranslate2Translator(TextTranslator):
 
     The search is ours (:func:`~pipelines.inference.search.beam_search_n_best`): beams of
     `beam_size`, a sentence done once `beam_size` hypotheses have ended, PAD and BOS never
-    generated, hypotheses ranked by log-probability / GNMT penalty. One difference: the length
-    limit (source length + `max_len_margin`) is that of the longest source in the batch.
+    generated, hypotheses ranked by log-probability / GNMT penalty. It differs in three ways:
+    probabilities are normalised over the tokens that may be generated (ours keep PAD's and
+    BOS's share, about nothing once trained); the length limit is the longest source's in the
+    batch, and a hypothesis cut there gets no forced EOS; and CTranslate2 keeps the `beam_size`
+    finished hypotheses with the best log-probabilities before the GNMT penalty reorders them,
+    so a longer one can be missing from the end of an n-best list (never from its start).
     """
 
     def __init__(
