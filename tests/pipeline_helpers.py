@@ -104,18 +104,26 @@ TINY_OVERRIDES: dict[str, Any] = {
                 "encoder_layers": 1,
                 "decoder_layers": 1,
             },
-            "optim": {"max_epochs": 1, "warmup_steps": 10},
+            "optim": {"warmup_steps": 10},
         },
         **{
-            arch: {
-                "model": {"embedding_dim": 32, "hidden_size": 32},
-                "optim": {"max_epochs": 1},
-            }
+            arch: {"model": {"embedding_dim": 32, "hidden_size": 32}}
             for arch in ("lstm_additive", "lstm_none", "lstm_multiplicative", "gru")
         },
     },
+    "budget": {"unit": "epochs", "value": 1},
     "study": TINY_STUDY,
 }
+# The seed of params.yaml's (and so the tiny profile's) one training per architecture.
+SEED = yaml.safe_load((REPO / "params.yaml").read_text())["seeds"][0]
+
+
+def trained(arch: str, seed: int = SEED) -> str:
+    """The name of a training's outputs and stages: ``<arch>-<seed>``."""
+    return f"{arch}-{seed}"
+
+
+TRANSFORMER = trained("transformer")
 
 
 def tiny_params(**extra: Any) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from pipelines.training.averaging import (
     load_state_dict,
     select_average,
 )
+from tests.pipeline_helpers import TRANSFORMER
 
 
 def test_average_of_known_state_dicts():
@@ -189,14 +190,15 @@ def test_train_stage_exports_the_winner_of_best_versus_average(tmp_path):
 
     params = workspace_params(
         train={"checkpoint_average": 2},
-        models={"transformer": {"optim": {"max_epochs": 3, "early_stopping_patience": 0}}},
+        models={"transformer": {"optim": {"early_stopping_patience": 0}}},
+        budget={"unit": "epochs", "value": 3},
     )
     workspace = make_workspace(tmp_path / "ws", params)
     stage_cmd(workspace, "train", "--arch", "transformer")
 
-    epochs = workspace / "checkpoints" / "transformer" / "epochs"
+    epochs = workspace / "checkpoints" / TRANSFORMER / "epochs"
     assert sorted(p.name for p in epochs.iterdir()) == ["epoch0001.ckpt", "epoch0002.ckpt"]
-    summary = json.loads((workspace / "artifacts" / "transformer" / "training.json").read_text())
+    summary = json.loads((workspace / "artifacts" / TRANSFORMER / "training.json").read_text())
     averaging = summary["checkpoint_average"]
     assert averaging["checkpoints"] == ["epoch0001.ckpt", "epoch0002.ckpt"]
     averaged_wins = keep_averaged(averaging["best_val_bleu"], averaging["averaged_val_bleu"])
@@ -205,7 +207,7 @@ def test_train_stage_exports_the_winner_of_best_versus_average(tmp_path):
     if averaging["kept"] == "averaged":
         expected = average_checkpoints(sorted(epochs.iterdir()))
     else:
-        expected = load_state_dict(workspace / "checkpoints" / "transformer" / "best.ckpt")
-    exported = load_file(workspace / "artifacts" / "transformer" / "model.safetensors")
+        expected = load_state_dict(workspace / "checkpoints" / TRANSFORMER / "best.ckpt")
+    exported = load_file(workspace / "artifacts" / TRANSFORMER / "model.safetensors")
     for name, tensor in exported.items():
         assert torch.equal(tensor, expected[f"model.{name}"]), name

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.pipeline_helpers import REPO, SHARED, write_params
+from tests.pipeline_helpers import REPO, SHARED, TRANSFORMER, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -261,7 +261,7 @@ def test_decode_reports_batched_and_unbatched_speed(tiny_pipeline, tmp_path):
     repo = tiny_pipeline.repo
     out = tmp_path / "decode.json"
     bench(
-        "decode", "--model", str(repo / "artifacts" / "transformer"),
+        "decode", "--model", str(repo / "artifacts" / TRANSFORMER),
         "--prepared", str(repo / "data" / "prepared"), "--beam", "2", "--batch-size", "8",
         "--unbatched-sentences", "3", "--device", "cpu", "--out", str(out),
     )  # fmt: skip

@@ -9,6 +9,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from tests.pipeline_helpers import TRANSFORMER
 from tests.training_helpers import (
     clone_workspace,
     make_workspace,
@@ -21,7 +22,8 @@ pytestmark = pytest.mark.slow
 
 # Dropout off: each rank draws its own dropout masks, so only a dropout-free model can match a
 # single process bit for bit. What must match is the data each optimizer step sees.
-NO_DROPOUT = {"model": {"dropout": 0.0, "attention_dropout": 0.0}, "optim": {"max_epochs": 2}}
+NO_DROPOUT = {"model": {"dropout": 0.0, "attention_dropout": 0.0}}
+TWO_EPOCHS = {"unit": "epochs", "value": 2}
 # The float32 all-reduce (g0 + g1) / 2 and accumulation g0 / 2 + g1 / 2 differ in the last bits;
 # Adam's normalised updates let that grow over the steps, so the stated tolerance is relative:
 # every weight tensor within 1e-3 of the single-process one (relative L2 norm), validation loss
@@ -30,13 +32,14 @@ TOLERANCE = 1e-3
 
 
 def history(workspace: Path) -> list[dict[str, str]]:
-    with open(workspace / "logs" / "transformer" / "history.csv") as handle:
+    with open(workspace / "logs" / TRANSFORMER / "history.csv") as handle:
         return list(csv.DictReader(handle))
 
 
 def train_in(path: Path, devices: int) -> Path:
     params = workspace_params(
         models={"transformer": NO_DROPOUT},
+        budget=TWO_EPOCHS,
         train={
             "accelerator": "cpu",
             "devices": devices,
@@ -87,7 +90,7 @@ def test_ddp_writes_outputs_and_the_mlflow_run_once(single_and_ddp):
     # Global batch = per-device budget x devices x accumulation (2 // 2 devices = 1).
     assert params["train.global_batch_tokens"] == str(600 * 2 * 1)
     assert len(history(ddp)) == 2  # one row per epoch, not one per rank
-    assert sorted(p.name for p in (ddp / "checkpoints" / "transformer").iterdir()) == [
+    assert sorted(p.name for p in (ddp / "checkpoints" / TRANSFORMER).iterdir()) == [
         "best.ckpt",
         "fingerprint.json",
         "last.ckpt",
@@ -96,7 +99,7 @@ def test_ddp_writes_outputs_and_the_mlflow_run_once(single_and_ddp):
 
 def test_ddp_killed_inside_an_epoch_resumes_every_rank_exactly(tmp_path):
     params = workspace_params(  # dropout on: each rank's random stream must be restored
-        models={"transformer": {"optim": {"max_epochs": 2}}},
+        budget=TWO_EPOCHS,
         train={"devices": 2, "strategy": "ddp", "checkpoint_every_n_steps": 2},
     )
     reference = make_workspace(tmp_path / "reference", params)

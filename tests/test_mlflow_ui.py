@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pipeline_helpers import SHARED, project_env
+from tests.pipeline_helpers import SHARED, project_env, trained
 from tests.server_helpers import free_port, running_server
 
 pytestmark = pytest.mark.slow
@@ -137,7 +137,7 @@ def texts_on_the_same_line(label) -> list[str]:
 
 
 def bleu_of(repo: Path, arch: str, split: str) -> float:
-    return json.loads((repo / "metrics" / f"{arch}.json").read_text())[split]["bleu"]
+    return json.loads((repo / "metrics" / f"{trained(arch)}.json").read_text())[split]["bleu"]
 
 
 def test_runs_table_lists_every_architecture_with_its_bleu(

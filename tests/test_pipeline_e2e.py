@@ -10,7 +10,7 @@ import time
 import pytest
 import yaml
 
-from tests.pipeline_helpers import REPO, SHARED, git, run, write_params
+from tests.pipeline_helpers import REPO, SHARED, TRANSFORMER, git, run, trained, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -26,18 +26,18 @@ def test_every_stage_output_exists_and_is_well_formed(tiny_pipeline):
     assert stats["splits"]["train"]["rows_out"] == 300
     assert (repo / "data" / "tokenized" / "spm.model").stat().st_size > 0
     for arch in params["architectures"]:
-        metrics = json.loads((repo / "metrics" / f"{arch}.json").read_text())
+        metrics = json.loads((repo / "metrics" / f"{trained(arch)}.json").read_text())
         assert set(metrics) == set(params["data"]["test_splits"])
         for split, values in metrics.items():
             assert 0.0 <= values["bleu"] <= 100.0
             assert 0.0 <= values["chrf"] <= 100.0
             assert values["signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
-            lines = (repo / "hypotheses" / arch / f"{split}.txt").read_text().splitlines()
+            lines = (repo / "hypotheses" / trained(arch) / f"{split}.txt").read_text().splitlines()
             assert len(lines) == params["data"]["max_eval_pairs"]
-        summary = json.loads((repo / "artifacts" / arch / "training.json").read_text())
+        summary = json.loads((repo / "artifacts" / trained(arch) / "training.json").read_text())
         assert summary["num_parameters"] > 0 and summary["run_id"]
-        assert (repo / "artifacts" / arch / "model.safetensors").stat().st_size > 0
-        history = (repo / "logs" / arch / "history.csv").read_text().splitlines()
+        assert (repo / "artifacts" / trained(arch) / "model.safetensors").stat().st_size > 0
+        history = (repo / "logs" / trained(arch) / "history.csv").read_text().splitlines()
         assert history[0].startswith("epoch,") and len(history) == 2
     with open(repo / "reports" / "comparison.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -95,22 +95,26 @@ def test_changing_beam_size_reruns_only_evaluate_and_compare(tiny_pipeline):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["evaluate"]["max_len_margin"] = 1  # shorter hypotheses: the scores must move
     write_params(repo, params)
+    # the study reads metrics/ too (BLEU per source length), so it reruns after evaluate
+    expected = {f"evaluate@{trained(a)}" for a in archs} | {"compare", "study"}
     try:
         out = run(repo, "dvc", "repro").stdout
-        # the study reads metrics/ too (BLEU per source length), so it reruns after evaluate
-        assert _stages_run(out) == {f"evaluate@{a}" for a in archs} | {"compare", "study"}, out
+        assert _stages_run(out) == expected, out
     finally:
         write_params(repo, tiny_pipeline.params)
         restored = run(repo, "dvc", "repro").stdout
     # Evaluate logs its scores to the MLflow run, so going back to the old params must run it
     # again (not restore its outputs from DVC's run cache) for MLflow to agree with metrics/.
-    expected = {f"evaluate@{a}" for a in archs} | {"compare", "study"}
     assert _stages_run(restored) == expected, restored
     client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}")
     for arch in archs:
-        run_id = json.loads((repo / "artifacts" / arch / "training.json").read_text())["run_id"]
+        run_id = json.loads((repo / "artifacts" / trained(arch) / "training.json").read_text())[
+            "run_id"
+        ]
         logged = client.get_run(run_id).data.metrics
-        for split, values in json.loads((repo / "metrics" / f"{arch}.json").read_text()).items():
+        for split, values in json.loads(
+            (repo / "metrics" / f"{trained(arch)}.json").read_text()
+        ).items():
             assert logged[f"test/{split}/bleu"] == values["bleu"], (arch, split)
             assert logged[f"test/{split}/chrf"] == values["chrf"], (arch, split)
 
@@ -124,7 +128,7 @@ def test_metrics_and_curves_are_compared_across_commits(tiny_pipeline, tmp_path)
     tracked = ["params.yaml", "dvc.lock", "metrics", "reports"]
     git(repo, "add", *tracked)
     git(repo, "commit", "-qm", "margin 8")
-    assert "metrics/transformer.json" in git(repo, "ls-files", "metrics")
+    assert f"metrics/{TRANSFORMER}.json" in git(repo, "ls-files", "metrics")
     assert "reports/comparison.csv" in git(repo, "ls-files", "reports")
     assert "validation_curves.png" not in git(repo, "ls-files", "reports")  # images stay out
     params = yaml.safe_load((repo / "params.yaml").read_text())

@@ -21,6 +21,7 @@ import yaml
 from tests import pipeline_helpers
 from tests.pipeline_helpers import (
     SHARED,
+    TRANSFORMER,
     git,
     kill_groups,
     make_project_copy,
@@ -35,9 +36,9 @@ needs_remote = pytest.mark.skipif(
 )
 
 EPOCHS = 4
-TRAIN = "train@transformer"
+TRAIN = f"train@{TRANSFORMER}"
 UPSTREAM = ("prepare", "tokenizer")
-DOWNSTREAM = (TRAIN, "evaluate@transformer", "compare")
+DOWNSTREAM = (TRAIN, f"evaluate@{TRANSFORMER}", "compare")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +48,7 @@ def repo(tmp_path_factory) -> Path:
         data={"max_eval_pairs": 30, "test_splits": ["test_2016_flickr"]},
         train={"devices": 1, "strategy": "auto", "log_every_n_steps": 1},
         evaluate={"attention_examples": 0},
-        models={"transformer": {"optim": {"max_epochs": EPOCHS}}},
+        budget={"unit": "epochs", "value": EPOCHS},
     )
     return make_project_copy(tmp_path_factory.mktemp("failures"), params)
 
@@ -105,7 +106,7 @@ def test_a_project_copy_takes_no_trace_of_a_run_in_the_checkout(tmp_path, monkey
     left_by_a_run = [
         "dvc.lock",
         "metrics/x.json",
-        "metrics/transformer.json",
+        f"metrics/{TRANSFORMER}.json",
         "reports/comparison.md",
         "logs/transformer/history.csv",
         "artifacts/transformer/config.json",
@@ -157,7 +158,7 @@ def test_a_train_stage_failing_at_start_up_records_only_the_stages_that_finished
     assert "does not answer" in done.stdout + done.stderr
     assert assert_dvc_agrees_with_disk(repo) == set(UPSTREAM)
     assert set(DOWNSTREAM) <= stale_stages(repo)
-    assert not (repo / "artifacts" / "transformer").exists()
+    assert not (repo / "artifacts" / TRANSFORMER).exists()
 
 
 @pytest.mark.slow
@@ -173,7 +174,7 @@ def test_a_train_stage_killed_mid_training_is_not_recorded_and_resumes(repo):
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    checkpoint = repo / "checkpoints" / "transformer" / "last.ckpt"
+    checkpoint = repo / "checkpoints" / TRANSFORMER / "last.ckpt"
     deadline = time.monotonic() + 600
     while not checkpoint.exists():
         assert process.poll() is None, log.read_text()[-3000:]
@@ -181,7 +182,7 @@ def test_a_train_stage_killed_mid_training_is_not_recorded_and_resumes(repo):
         time.sleep(0.1)
     kill_groups(process.pid)  # dvc repro and its stage command, as a preemption would
     process.wait()
-    assert "Running stage 'train@transformer'" in log.read_text()
+    assert f"Running stage 'train@{TRANSFORMER}'" in log.read_text()
 
     assert assert_dvc_agrees_with_disk(repo) == set(UPSTREAM)
     assert TRAIN in stale_stages(repo)
@@ -193,9 +194,9 @@ def test_a_train_stage_killed_mid_training_is_not_recorded_and_resumes(repo):
     assert not stale_stages(repo)  # everything done and recorded
     assert assert_dvc_agrees_with_disk(repo) >= {*UPSTREAM, *DOWNSTREAM}
 
-    history = (repo / "logs" / "transformer" / "history.csv").read_text().splitlines()[1:]
+    history = (repo / "logs" / TRANSFORMER / "history.csv").read_text().splitlines()[1:]
     assert [int(row.split(",")[0]) for row in history] == list(range(EPOCHS))  # no epoch twice
-    summary = json.loads((repo / "artifacts" / "transformer" / "training.json").read_text())
+    summary = json.loads((repo / "artifacts" / TRANSFORMER / "training.json").read_text())
     assert summary["epochs"] == EPOCHS
     # The killed run was continued, not duplicated: one run, finished, nothing RUNNING.
     assert [(r.info.run_id, r.info.status) for r in training_runs(repo)] == [

@@ -17,7 +17,7 @@ from pipelines.inference import pyfunc_model
 from pipelines.inference.settings import read_settings
 from pipelines.tracking import registry
 from tests.exported_model import SENTENCES, make_exported_folder
-from tests.pipeline_helpers import SHARED, git
+from tests.pipeline_helpers import SEED, SHARED, git, trained
 
 HEX40 = re.compile(r"^[0-9a-f]{40}$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -186,7 +186,9 @@ def test_every_architecture_run_carries_its_lineage(tiny_pipeline, store, arch_r
         assert tags["device"] and tags["device.cpu"] and int(tags["torch.num_threads"]) >= 1
         # MLflow's own source tags, for the UI's Source and User columns.
         assert tags["mlflow.source.git.commit"] == head
-        assert tags["mlflow.source.name"].endswith(f"pipelines.stages.train --arch {arch}")
+        assert tags["mlflow.source.name"].endswith(
+            f"pipelines.stages.train --arch {arch} --seed {SEED}"
+        )
         assert tags["mlflow.user"] and tags["mlflow.source.type"] == "LOCAL"
         assert tags["sacrebleu.signature"].startswith("nrefs:1|case:mixed")
         assert tags["mlflow.parentRunId"]
@@ -196,7 +198,12 @@ def test_every_architecture_run_carries_its_lineage(tiny_pipeline, store, arch_r
         assert own <= set(logged), sorted(own - set(logged))[:5]
         others = [k for k in logged if k.startswith("models.") and f"models.{arch}." not in k]
         assert others == [], others[:5]
-        assert logged["seed"] == str(params.seed) and logged["arch"] == arch
+        assert logged["seed"] == str(SEED) and logged["arch"] == arch
+        assert logged["budget.unit"] == params.budget.unit
+        # What model selection reads (validation only), and the budget the run used.
+        assert f"validation/{params.data.validation_split}/bleu" in run.data.metrics
+        assert run.data.metrics["budget/used_epochs"] == params.budget.value
+        assert run.data.metrics["budget/used_steps"] > 0
         assert json.loads(logged["data.test_splits"]) == params.data.test_splits
         # The splits it saw, as dataset inputs with their roles.
         inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
@@ -267,30 +274,26 @@ def champion(tiny_pipeline, store):
 
 
 @on_pipeline
-def test_champion_is_the_best_architecture_on_the_primary_test_split(
-    tiny_pipeline, store, champion
-):
+def test_champion_is_the_best_architecture_on_validation(tiny_pipeline, store, champion):
     repo, params = tiny_pipeline.repo, tiny_pipeline.params
-    primary = params["data"]["test_splits"][0]
-    scores = {
-        arch: json.loads((repo / "metrics" / f"{arch}.json").read_text())[primary]["bleu"]
+    validation = params["data"]["validation_split"]
+    summaries = {
+        arch: json.loads((repo / "artifacts" / trained(arch) / "training.json").read_text())
         for arch in params["architectures"]
     }
+    scores = {arch: summary["val_bleu"] for arch, summary in summaries.items()}
     arch = champion.tags["architecture"]
     assert scores[arch] == max(scores.values())  # ties: the champion may be any of the best
-    assert (
-        champion.run_id
-        == json.loads((repo / "artifacts" / arch / "training.json").read_text())["run_id"]
-    )
+    assert champion.run_id == summaries[arch]["run_id"]
     name = params["tracking"]["registered_model"]
-    assert registry.champion_score(name, primary, client=store) == pytest.approx(
+    assert registry.champion_score(name, validation, client=store) == pytest.approx(
         scores[arch], abs=0.01
     )
     # Who was champion when: the promotion is recorded on the version.
     tags = champion.tags
-    assert tags["champion.promoted_at"] and tags["champion.split"] == primary
+    assert tags["champion.promoted_at"] and tags["champion.split"] == validation
     assert "champion.previous_version" in tags and "champion.score_delta" in tags
-    assert tags[registry.SHA_TAG] == registry.model_sha256(repo / "artifacts" / arch)
+    assert tags[registry.SHA_TAG] == registry.model_sha256(repo / "artifacts" / trained(arch))
 
 
 def evaluated_settings(tiny_pipeline) -> DecodingSettings:
@@ -310,8 +313,11 @@ def test_evaluated_settings_are_recorded_and_shipped(tiny_pipeline, champion):
     settings = evaluated_settings(tiny_pipeline)
     assert settings != DecodingSettings(), "the tiny profile decodes with its own settings"
     for arch in tiny_pipeline.params["architectures"]:
-        assert read_settings(tiny_pipeline.repo / "metrics" / f"{arch}.decoding.json") == settings
-        assert not (tiny_pipeline.repo / "artifacts" / arch / "decoding.json").exists()
+        assert (
+            read_settings(tiny_pipeline.repo / "metrics" / f"{trained(arch)}.decoding.json")
+            == settings
+        )
+        assert not (tiny_pipeline.repo / "artifacts" / trained(arch) / "decoding.json").exists()
     # compare registered the champion with the settings it was evaluated with.
     assert recorded_settings(champion) == settings
 
@@ -319,7 +325,7 @@ def test_evaluated_settings_are_recorded_and_shipped(tiny_pipeline, champion):
 @on_pipeline
 def test_registering_the_same_model_again_reuses_its_version(tiny_pipeline, store, champion):
     name = tiny_pipeline.params["tracking"]["registered_model"]
-    folder = tiny_pipeline.repo / "artifacts" / champion.tags["architecture"]
+    folder = tiny_pipeline.repo / "artifacts" / trained(champion.tags["architecture"])
     before = len(store.search_model_versions(f"name = '{name}'"))
     settings = recorded_settings(champion)
     again = registry.log_and_register(
@@ -344,7 +350,7 @@ def test_champion_alias_loads_with_pyfunc_and_translates(tiny_pipeline, store, c
     repo = tiny_pipeline.repo
     sentences = source_sentences(repo, 8)
     model = mlflow.pyfunc.load_model(f"models:/{name}@{registry.CHAMPION}")
-    translator = Translator.load(repo / "artifacts" / champion.tags["architecture"])
+    translator = Translator.load(repo / "artifacts" / trained(champion.tags["architecture"]))
     settings = recorded_settings(champion)
     expected = translator.translate(sentences, settings)
     assert model.predict(sentences) == expected
@@ -373,7 +379,7 @@ def test_champion_and_challenger_load_side_by_side(tiny_pipeline, store, champio
     settings = evaluated_settings(tiny_pipeline)
     challenger = registry.log_and_register(
         arch_runs[challenger_arch].info.run_id,
-        repo / "artifacts" / challenger_arch,
+        repo / "artifacts" / trained(challenger_arch),
         name,
         decoding=settings,
         client=store,
@@ -384,11 +390,11 @@ def test_champion_and_challenger_load_side_by_side(tiny_pipeline, store, champio
     assert (after.status, after.end_time) == (before.status, before.end_time)
     sentences = source_sentences(repo, 8)
     expected = {
-        challenger_arch: Translator.load(repo / "artifacts" / challenger_arch).translate(
+        challenger_arch: Translator.load(repo / "artifacts" / trained(challenger_arch)).translate(
             sentences, settings
         ),
         champion.tags["architecture"]: Translator.load(
-            repo / "artifacts" / champion.tags["architecture"]
+            repo / "artifacts" / trained(champion.tags["architecture"])
         ).translate(sentences, recorded_settings(champion)),
     }
     assert expected[champion.tags["architecture"]] != expected[challenger_arch], (
@@ -407,7 +413,7 @@ def test_each_model_runs_its_own_logged_code(tiny_pipeline, champion, tmp_path):
     """A model whose logged code differs from the code already imported still runs its own."""
     import mlflow
 
-    folder = tiny_pipeline.repo / "artifacts" / champion.tags["architecture"]
+    folder = tiny_pipeline.repo / "artifacts" / trained(champion.tags["architecture"])
     staging = tmp_path / "code"
     staging.mkdir()
     code_paths = pyfunc_model.stage_code(staging)
@@ -465,7 +471,7 @@ def test_promotions_keep_a_history(tiny_pipeline, store, champion, arch_runs):
 def test_download_model_folder_gives_the_exported_folder(tiny_pipeline, store, champion, tmp_path):
     name = tiny_pipeline.params["tracking"]["registered_model"]
     arch = champion.tags["architecture"]
-    expected = registry.model_sha256(tiny_pipeline.repo / "artifacts" / arch)
+    expected = registry.model_sha256(tiny_pipeline.repo / "artifacts" / trained(arch))
     for uri in (
         f"models:/{name}@{registry.CHAMPION}",
         f"models:/{name}/{champion.version}",

@@ -17,6 +17,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipelines.core.params import load_params
+from tests.pipeline_helpers import TRANSFORMER
 from tests.training_helpers import (
     clone_workspace,
     make_workspace,
@@ -33,12 +34,12 @@ EPOCHS = 3
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    params = workspace_params(models={"transformer": {"optim": {"max_epochs": EPOCHS}}})
+    params = workspace_params(budget={"unit": "epochs", "value": EPOCHS})
     return make_workspace(tmp_path_factory.mktemp("reliability") / "base", params)
 
 
 def final_metrics(workspace: Path) -> list[dict]:
-    lines = (workspace / "logs" / "transformer" / "history.csv").read_text().splitlines()
+    lines = (workspace / "logs" / TRANSFORMER / "history.csv").read_text().splitlines()
     header = lines[0].split(",")
     rows = [dict(zip(header, line.split(","), strict=True)) for line in lines[1:]]
     return [
@@ -89,7 +90,7 @@ def assert_same_training(resumed: Path, reference: Path) -> None:
     for name, tensor in reference_state["state_dict"].items():
         assert torch.equal(resumed_state["state_dict"][name], tensor), name
     # One MLflow run, continued, and nothing left RUNNING.
-    summary = json.loads((resumed / "artifacts" / "transformer" / "training.json").read_text())
+    summary = json.loads((resumed / "artifacts" / TRANSFORMER / "training.json").read_text())
     assert summary["epochs"] == EPOCHS
     assert [(run.info.run_id, run.info.status) for run in runs(resumed)] == [
         (summary["run_id"], "FINISHED")
@@ -153,7 +154,7 @@ def test_kill_between_temporary_write_and_rename_keeps_the_previous_checkpoint(w
         [sys.executable, "-c", driver], cwd=killed, env=workspace_env(), capture_output=True
     )
     assert done.returncode == -signal.SIGKILL
-    ckpt_dir = killed / "checkpoints" / "transformer"
+    ckpt_dir = killed / "checkpoints" / TRANSFORMER
     assert (ckpt_dir / ".last.ckpt.tmp").exists(), "the kill must land after the temporary write"
     state = torch.load(ckpt_dir / "last.ckpt", weights_only=True)
     assert state["epoch"] == 0  # the first, complete save
@@ -227,7 +228,7 @@ def test_unreachable_tracking_server_fails_in_seconds_before_training(workspace,
     assert done.returncode == 2
     assert "does not answer" in done.stderr and "Traceback" not in done.stderr
     assert elapsed < 30
-    assert not (dead / "checkpoints" / "transformer" / "last.ckpt").exists()
+    assert not (dead / "checkpoints" / TRANSFORMER / "last.ckpt").exists()
 
 
 BAD_PARAMS = [

@@ -23,6 +23,7 @@ from pipelines.ops import retrain, runlock
 from pipelines.tracking import registry
 from tests.pipeline_helpers import (
     SHARED,
+    TRANSFORMER,
     cut_corpus,
     git,
     kill_groups,
@@ -40,7 +41,7 @@ if not (SHARED / "multi30k").exists():
 SPLIT = "test_2016_flickr"
 SIZES = {"validation": 40, SPLIT: 30}
 MODEL = "nmt-translator"
-TRAIN_STAGE = "Running stage 'train@transformer'"
+TRAIN_STAGE = f"Running stage 'train@{TRANSFORMER}'"
 
 
 # --- pure logic: the promotion rule and the lock -------------------------------------------------
@@ -222,7 +223,9 @@ def assert_consistent(repo: Path, record: dict, outcome: Outcome) -> None:
     assert outcome.code == (retrain.EXIT_PROMOTED if promoted else retrain.EXIT_NOT_PROMOTED)
     expected = challenger["version"] if promoted else record["champion_before"]
     assert record["champion_after"] == expected == champion(repo)
-    assert record["split"] == SPLIT and record["sentences"] == SIZES[SPLIT]
+    # Promotion is scored on the validation split (the default): the test split only reports.
+    assert record["split"] == "validation" and record["split_role"] == "validation"
+    assert record["sentences"] == SIZES["validation"]
     assert record["signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
     tags = client(repo).get_model_version(MODEL, challenger["version"]).tags
     assert tags["retrain.outcome"] == record["outcome"]
@@ -357,7 +360,7 @@ def test_warm_start_takes_the_champions_weights_only_when_they_fit(setup, tmp_pa
     from pipelines.data.vocab import Tokenizers
     from pipelines.training.export import warm_start
 
-    folder = setup.deploy / "artifacts" / "transformer"  # trained on the current vocabulary
+    folder = setup.deploy / "artifacts" / TRANSFORMER  # trained on the current vocabulary
     config = json.loads((folder / "config.json").read_text())
     tokenizers = Tokenizers.load(setup.deploy / "data" / "tokenized")
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
 from pipelines.core.params import load_params
 from pipelines.training import checkpoints
-from tests.pipeline_helpers import REPO
+from tests.pipeline_helpers import REPO, TRANSFORMER
 
 
 def _code_tree(root: Path) -> Path:
@@ -42,15 +43,28 @@ def test_fingerprint_changes_with_the_code(tmp_path, monkeypatch):
     tokenized = tmp_path / "tokenized"
     tokenized.mkdir()
     (tokenized / "train.npz").write_bytes(b"x")
+    run = params.model_run("transformer")
     monkeypatch.setattr(checkpoints, "training_code_digest", lambda: "old")
-    before = checkpoints.fingerprint(params, "transformer", tokenized)
-    assert checkpoints.fingerprint(params, "transformer", tokenized) == before
+    before = checkpoints.fingerprint(params, run, tokenized)
+    assert checkpoints.fingerprint(params, run, tokenized) == before
     monkeypatch.setattr(checkpoints, "training_code_digest", lambda: "new")
-    assert checkpoints.fingerprint(params, "transformer", tokenized) != before
+    assert checkpoints.fingerprint(params, run, tokenized) != before
+
+
+def test_fingerprint_changes_with_the_seed_and_the_budget(tmp_path):
+    params = load_params(REPO / "params.yaml")
+    tokenized = tmp_path / "tokenized"
+    tokenized.mkdir()
+    run = params.model_run("transformer")
+    before = checkpoints.fingerprint(params, run, tokenized)
+    other_seed = dataclasses.replace(run, seed=run.seed + 1)
+    assert checkpoints.fingerprint(params, other_seed, tokenized) != before
+    params.budget.value += 1
+    assert checkpoints.fingerprint(params, run, tokenized) != before
 
 
 def test_a_checkpoint_of_other_code_is_not_resumed(tmp_path):
-    ckpt_dir = tmp_path / "checkpoints" / "transformer"
+    ckpt_dir = tmp_path / "checkpoints" / TRANSFORMER
     ckpt_dir.mkdir(parents=True)
     (ckpt_dir / "last.ckpt").write_bytes(b"checkpoint")
     (ckpt_dir / "fingerprint.json").write_text('{"fingerprint": "old-code", "run_id": ""}')

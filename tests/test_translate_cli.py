@@ -18,7 +18,7 @@ import pytest
 from pipelines import cli
 from pipelines.core.errors import EXIT_USER_ERROR, PipelineError
 from pipelines.inference import streaming
-from tests.pipeline_helpers import SHARED, project_env
+from tests.pipeline_helpers import SHARED, project_env, trained
 
 
 def write(tmp_path, data: bytes):
@@ -166,7 +166,7 @@ def champion(tiny_pipeline):
     name = tiny_pipeline.params["tracking"]["registered_model"]
     client = MlflowClient(tracking_uri=f"sqlite:///{repo / 'mlruns' / 'mlflow.db'}")
     version = client.get_model_version_by_alias(name, "champion")
-    return f"models:/{name}@champion", repo / "artifacts" / version.tags["architecture"]
+    return f"models:/{name}@champion", repo / "artifacts" / trained(version.tags["architecture"])
 
 
 @pytest.mark.slow
