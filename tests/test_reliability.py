@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
 
 from pipelines.core.params import load_params
 from tests.pipeline_helpers import TRANSFORMER
@@ -239,6 +240,10 @@ BAD_PARAMS = [
     ({"train": {"batch_tokens": "many"}}, "train.batch_tokens: expected an integer"),
     ({"data": {"test_splits": []}}, "data.test_splits"),
     ({"retrain": {"max_p_value": 0}}, "retrain.max_p_value"),
+    ({"budget": {"unit": "hours"}}, "budget.unit"),
+    ({"budget": {"value": 0}}, "budget.value: must be > 0"),
+    ({"seeds": [7, 7]}, "seeds: lists 7 more than once"),
+    ({"retrain": {"promotion_split": "dev"}}, "retrain.promotion_split: 'dev' is neither"),
 ]
 
 
@@ -264,3 +269,29 @@ def test_missing_test_split_is_named_before_loading(workspace, tmp_path):
     assert done.returncode == 2 and "test_2099" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "data" / "prepared").exists()
+
+
+def test_each_seed_is_its_own_training_and_run(workspace, tmp_path):
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params.update(seeds=[1234, 99], budget={"unit": "steps", "value": 3})
+    seeded = clone_workspace(workspace, tmp_path / "seeded")
+    (seeded / "params.yaml").write_text(yaml.safe_dump(params))
+    for seed in ("1234", "99"):
+        stage_cmd(seeded, "train", "--arch", "transformer", "--seed", seed)
+    weights = {
+        seed: load_file(seeded / "artifacts" / f"transformer-{seed}" / "model.safetensors")
+        for seed in (1234, 99)
+    }
+    assert weights[1234].keys() == weights[99].keys()
+    assert any(not torch.equal(weights[1234][k], weights[99][k]) for k in weights[1234])
+    found = {run.info.run_name: run for run in runs(seeded)}
+    assert set(found) == {"transformer-1234", "transformer-99"}
+    for name, run in found.items():
+        seed = name.rsplit("-", 1)[1]
+        assert run.data.tags["seed"] == seed and run.data.params["seed"] == seed
+        assert run.data.metrics["budget/used_steps"] == 3
+    assert len({run.info.run_id for run in found.values()}) == 2
+    refused = stage_cmd(seeded, "train", "--arch", "transformer", "--seed", "5", check=False)
+    assert refused.returncode == 2
+    assert "--seed 5: not in params seeds [1234, 99]" in refused.stderr
+    assert "Traceback" not in refused.stderr
