@@ -3,7 +3,7 @@ Face ``MarianMTModel`` on the same configuration, batches and precision; beam-se
 speed; and the time-to-BLEU table of finished training runs.
 
     python -m benchmarks.bench throughput --params profiles/gpu.yaml --out bench.json
-    python -m benchmarks.bench decode --model artifacts/transformer --out decode.json
+    python -m benchmarks.bench decode --model artifacts/transformer-1234 --out decode.json
     python -m benchmarks.bench report results/ --out summary.json
 
 Throughput counts non-pad source + target tokens per second of full training steps (bf16
@@ -105,7 +105,7 @@ def add_throughput_parser(sub: argparse._SubParsersAction) -> None:
 
 def add_decode_parser(sub: argparse._SubParsersAction) -> None:
     dp = sub.add_parser("decode", help="beam-search sentences/s, batched and one at a time")
-    dp.add_argument("--model", type=Path, required=True, help="an exported artifacts/<arch>")
+    dp.add_argument("--model", type=Path, required=True, help="an exported artifacts/<arch>-<seed>")
     dp.add_argument("--prepared", type=Path, default=Path("data/prepared"))
     dp.add_argument("--split", default="test_2016_flickr")
     dp.add_argument("--beam", type=int, default=5)

@@ -1,6 +1,7 @@
 """One GPU session, scripted: environment, GPU tests, throughput benchmark, then training runs of
-the real stages (``pipelines.stages.train`` with a wall-clock budget, ``train.max_time_s``, then
-``pipelines.stages.evaluate --device cuda``, then the decoding benchmark), all inside one deadline.
+the real stages (``pipelines.stages.train`` with a wall-clock budget, ``budget.unit: seconds``,
+then ``pipelines.stages.evaluate --device cuda``, then the decoding benchmark), all inside one
+deadline.
 
 Every run works in its own folder (``<work>/<run>``: the code linked, data/prepared and
 data/tokenized linked, its own params.yaml, with the run's budget, and MLflow store), so runs may
@@ -49,12 +50,12 @@ class Run:
 
 
 def _lstm_nf(arch: str) -> dict[str, Any]:
-    """No input feeding, more epochs and patience (BLEU of a young LSTM is noisy)."""
+    """No input feeding, more patience (BLEU of a young LSTM is noisy)."""
     return {
         "models": {
             arch: {
                 "model": {"input_feeding": False},
-                "optim": {"max_epochs": 200, "early_stopping_patience": 20},
+                "optim": {"early_stopping_patience": 20},
             }
         }
     }
@@ -156,7 +157,7 @@ def make_workdir(work: Path, run: Run, profile: dict[str, Any], max_time_s: floa
     shutil.copy2(REPO / "dvc.yaml", folder / "dvc.yaml")  # marks the root of the MLflow store
     params = deep_update(copy.deepcopy(profile), run.overrides)
     params["architectures"] = [run.arch]
-    params.setdefault("train", {})["max_time_s"] = max_time_s
+    params["budget"] = {"unit": "seconds", "value": max_time_s}
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return folder
 
@@ -171,6 +172,11 @@ def run_env(folder: Path) -> dict[str, str]:
     return env
 
 
+def first_seed() -> int:
+    """The seed the stages train with when none is given: the profile's first."""
+    return yaml.safe_load((REPO / "profiles" / "gpu.yaml").read_text())["seeds"][0]
+
+
 def commands(run: Run, device: str = "cuda") -> list[list[str]]:
     py = sys.executable
     stage = ["--arch", run.arch, "--params", "params.yaml"]
@@ -179,7 +185,7 @@ def commands(run: Run, device: str = "cuda") -> list[list[str]]:
         [py, "-m", "pipelines.stages.evaluate", *stage, "--device", device],
     ]
     if run.decode_bench:
-        model = f"artifacts/{run.arch}"
+        model = f"artifacts/{run.arch}-{first_seed()}"
         bench = [py, "-m", "benchmarks.bench", "decode", "--model", model, "--device", device]
         cmds.append([*bench, "--out", "decode.json"])
     return cmds
