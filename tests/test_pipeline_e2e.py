@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import time
 
@@ -42,7 +43,9 @@ def test_every_stage_output_exists_and_is_well_formed(tiny_pipeline):
     with open(repo / "reports" / "comparison.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [row["architecture"] for row in rows] == params["architectures"]
-    assert "| transformer |" in (repo / "reports" / "comparison.md").read_text()
+    report = (repo / "reports" / "comparison.md").read_text()
+    assert re.search(r"^\| (\*\*)?transformer(\*\*)? \| 1 \|", report, re.M), report
+    assert sum(row["selected"] == "True" for row in rows) == 1  # one, chosen on validation
     for png in ("validation_curves.png", "bleu_per_test_set.png"):
         assert (repo / "reports" / png).read_bytes()[:8] == PNG_MAGIC
 
