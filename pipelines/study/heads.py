@@ -203,7 +203,7 @@ def run_heads(
             rows,
         ),
         "",
-        *[f"![{o.heads} heads](study/{name})" for o, name in zip(outcomes, names, strict=True)],
+        *[f"![{_heads(o.heads)}](study/{name})" for o, name in zip(outcomes, names, strict=True)],
     ]
     metrics = {}
     for o in outcomes:
@@ -214,6 +214,10 @@ def run_heads(
     return PartResult("heads", "Heads", [_heads_claim(outcomes)], lines, names, metrics)
 
 
+def _heads(count: int) -> str:
+    return f"{count} head" if count == 1 else f"{count} heads"
+
+
 def _heads_claim(outcomes: list[HeadsOutcome]) -> Claim:
     most = max(outcomes, key=lambda o: o.heads)
     if most.heads == 1:
@@ -221,14 +225,14 @@ def _heads_claim(outcomes: list[HeadsOutcome]) -> Claim:
     roles = sorted({s.role for s in most.stats} - {"other"})
     fewest = min(outcomes, key=lambda o: o.heads)
     bleus = ", ".join(
-        f"{o.heads} heads {'–' if o.bleu is None else f'{o.bleu:.1f}'}" for o in outcomes
+        f"{_heads(o.heads)} {'–' if o.bleu is None else f'{o.bleu:.1f}'}" for o in outcomes
     )
     return Claim(
         "Heads",
         SEED_CLAIMS["Heads"],
-        f"{most.heads} heads: roles {', '.join(roles) or 'none'} "
-        f"(of {len(most.stats)} heads, {sum(s.role != 'other' for s in most.stats)} have one); "
-        f"{fewest.heads} head(s): {sum(s.role != 'other' for s in fewest.stats)} of "
+        f"{_heads(most.heads)}: roles {', '.join(roles) or 'none'} "
+        f"({sum(s.role != 'other' for s in most.stats)} of its {len(most.stats)} heads have one); "
+        f"{_heads(fewest.heads)}: {sum(s.role != 'other' for s in fewest.stats)} of "
         f"{len(fewest.stats)}; BLEU {bleus}",
         verdict_of_checks(min(len(roles), 2), 2),
         "supported when the heads of the model with the most heads take two or more different "

@@ -119,32 +119,10 @@ def run_path(
     bins = distance_bins(2 * study.synthetic_max_length - 1, DISTANCE_BINS)
     accuracies = synthetic_accuracies(study, device, bins)
     ends = {name: _ends(values) for name, values in accuracies.items()}
-    drops = {name: near - far for name, (near, far) in ends.items()}
     labels = [f"{low}–{high}" for low, high in bins]
     centres = [(low + high) / 2 for low, high in bins]
-    path_claim = Claim(
-        "Maximum path length",
-        SEED_PATH,
-        "accuracy from the nearest to the farthest distances: "
-        + ", ".join(
-            f"{FAMILY_NAMES[n]} {two_decimals(near)} → {two_decimals(far)}"
-            for n, (near, far) in ends.items()
-        ),
-        verdict_of_margin(drops["lstm_none"] - drops["transformer"], ACCURACY_MARGIN),
-        "supported when the LSTM without attention (path O(n)) loses at least "
-        f"{ACCURACY_MARGIN} more accuracy from near to far than the Transformer (path O(1)); "
-        "not supported when it loses no more",
-    )
-    bottleneck = Claim(
-        "Fixed-size context",
-        SEED_BOTTLENECK,
-        f"accuracy at distances {labels[-1]}: LSTM + attention "
-        f"{two_decimals(ends['lstm_additive'][1])}, without "
-        f"{two_decimals(ends['lstm_none'][1])}",
-        verdict_of_margin(ends["lstm_additive"][1] - ends["lstm_none"][1], ACCURACY_MARGIN),
-        f"supported when attention adds at least {ACCURACY_MARGIN} accuracy at the farthest "
-        "distances; not supported when it adds none",
-    )
+    chance = 1.0 / study.symbols
+    claims = [path_claim(ends, chance), bottleneck_claim(ends, labels[-1], chance)]
     line_panels(
         [
             Panel(
@@ -177,8 +155,56 @@ def run_path(
     figure_names = ["path_accuracy.png"]
     if (figures / "bleu_by_length.png").exists():
         figure_names.append("bleu_by_length.png")
-    return PartResult(
-        "path", "Path length", [path_claim, bottleneck], lines, figure_names, result_metrics
+    return PartResult("path", "Path length", claims, lines, figure_names, result_metrics)
+
+
+def _untrained(ends: dict[str, tuple[float, float]], names: list[str], chance: float) -> str:
+    """The models among `names` no better than chance even at the nearest distances, as text
+    ('' when every one learned): a claim about distance cannot be judged from them."""
+    lost = [n for n in names if ends[n][0] < chance + ACCURACY_MARGIN]
+    if not lost:
+        return ""
+    return (
+        f" — {', '.join(FAMILY_NAMES[n] for n in lost)} at chance ({two_decimals(chance)}) "
+        "even at the nearest distances: too few study.steps to judge"
+    )
+
+
+def path_claim(ends: dict[str, tuple[float, float]], chance: float) -> Claim:
+    untrained = _untrained(ends, ["lstm_none", "transformer"], chance)
+    drop = (ends["lstm_none"][0] - ends["lstm_none"][1]) - (
+        ends["transformer"][0] - ends["transformer"][1]
+    )
+    return Claim(
+        "Maximum path length",
+        SEED_PATH,
+        "accuracy from the nearest to the farthest distances: "
+        + ", ".join(
+            f"{FAMILY_NAMES[n]} {two_decimals(near)} → {two_decimals(far)}"
+            for n, (near, far) in ends.items()
+        )
+        + untrained,
+        "not measured" if untrained else verdict_of_margin(drop, ACCURACY_MARGIN),
+        "supported when the LSTM without attention (path O(n)) loses at least "
+        f"{ACCURACY_MARGIN} more accuracy from near to far than the Transformer (path O(1)); "
+        "not supported when it loses no more; not measured while either is within "
+        f"{ACCURACY_MARGIN} of chance at the nearest distances",
+    )
+
+
+def bottleneck_claim(ends: dict[str, tuple[float, float]], farthest: str, chance: float) -> Claim:
+    untrained = _untrained(ends, ["lstm_additive"], chance)
+    gain = ends["lstm_additive"][1] - ends["lstm_none"][1]
+    return Claim(
+        "Fixed-size context",
+        SEED_BOTTLENECK,
+        f"accuracy at distances {farthest}: LSTM + attention "
+        f"{two_decimals(ends['lstm_additive'][1])}, without "
+        f"{two_decimals(ends['lstm_none'][1])}" + untrained,
+        "not measured" if untrained else verdict_of_margin(gain, ACCURACY_MARGIN),
+        f"supported when attention adds at least {ACCURACY_MARGIN} accuracy at the farthest "
+        "distances; not supported when it adds none; not measured while the LSTM with attention "
+        f"is within {ACCURACY_MARGIN} of chance at the nearest distances",
     )
 
 

@@ -52,6 +52,7 @@ def study_markdown(results: list[PartResult], setup: str) -> str:
         "",
         *[f"- {c.topic}: {c.rule}." for c in claims if c.rule],
     ]
-    for number, result in enumerate(results, start=1):
+    for result in results:  # numbered as in study.parts' full list, whichever ran
+        number = STUDY_PARTS.index(result.name) + 1
         lines += ["", f"## {number}. {result.title}", "", *result.lines]
     return "\n".join(lines) + "\n"
