@@ -152,7 +152,7 @@ def test_runs_table_lists_every_architecture_with_its_bleu(
     # The architecture runs are nested under the pipeline run: expand it.
     parent.locator("button[data-component-id*=runnamecellrenderer]").click()
     for arch in archs:
-        page.get_by_role("link", name=arch, exact=True).wait_for()
+        page.get_by_role("link", name=trained(arch), exact=True).wait_for()
     # Show the primary test BLEU as a column (Columns -> search -> tick it).
     page.get_by_role("button", name="Columns", exact=True).click()
     page.get_by_placeholder("Search columns").fill(metric)
@@ -165,7 +165,8 @@ def test_runs_table_lists_every_architecture_with_its_bleu(
     page.locator(f"[role=columnheader]{column}").first.wait_for()
     for arch in archs:
         # Name and metric cells sit in separate (pinned / scrolling) rows of one row-index.
-        name_row = page.locator("[role=row]", has=page.get_by_role("link", name=arch, exact=True))
+        link = page.get_by_role("link", name=trained(arch), exact=True)
+        name_row = page.locator("[role=row]", has=link)
         index = name_row.first.get_attribute("row-index")
         cell = page.locator(f"[role=row][row-index='{index}'] [role=gridcell]{column}").first
         cell.scroll_into_view_if_needed()
@@ -179,7 +180,7 @@ def test_runs_table_lists_every_architecture_with_its_bleu(
 def test_compare_view_renders_two_architectures(tiny_pipeline, server, experiment, page, tmp_path):
     first, second = tiny_pipeline.params["architectures"][:2]
     metric = f"test/{tiny_pipeline.params['data']['test_splits'][0]}/bleu"
-    runs = [experiment["runs"][first], experiment["runs"][second]]
+    runs = [experiment["runs"][trained(first)], experiment["runs"][trained(second)]]
     query = urllib.parse.urlencode(
         {"runs": json.dumps(runs), "experiments": json.dumps([experiment["id"]])}
     )
@@ -187,7 +188,7 @@ def test_compare_view_renders_two_architectures(tiny_pipeline, server, experimen
     page.get_by_text("Comparing 2 Runs").wait_for()
     close_assistant(page)
     for name in (first, second):
-        page.get_by_role("cell", name=name, exact=True).first.wait_for()
+        page.get_by_role("cell", name=trained(name), exact=True).first.wait_for()
     with contextlib.suppress(sync_api.TimeoutError):  # only for a complete screenshot
         page.locator(".js-plotly-plot").first.wait_for(timeout=15_000)
     save_screenshot(page, tmp_path, tiny_pipeline.repo, "compare_runs.png")

@@ -55,7 +55,7 @@ def test_dvc_metrics_show_lists_bleu_per_architecture(tiny_pipeline):
     metrics = json.loads(shown)
     files = next(iter(metrics.values()))["data"]
     for arch in tiny_pipeline.params["architectures"]:
-        data = files[f"metrics/{arch}.json"]["data"]
+        data = files[f"metrics/{trained(arch)}.json"]["data"]
         assert isinstance(data["test_2016_flickr"]["bleu"], float)
 
 
@@ -69,7 +69,7 @@ def test_mlflow_holds_a_finished_run_per_architecture(tiny_pipeline):
     runs = client.search_runs([experiment.experiment_id])
     by_name = {run.info.run_name: run for run in runs}
     for arch in tiny_pipeline.params["architectures"]:
-        run_ = by_name[arch]
+        run_ = by_name[trained(arch)]
         assert run_.info.status == "FINISHED"
         assert "test/test_2016_flickr/bleu" in run_.data.metrics
         assert "val/bleu" in run_.data.metrics
@@ -141,7 +141,7 @@ def test_metrics_and_curves_are_compared_across_commits(tiny_pipeline, tmp_path)
     git(repo, "add", *tracked)
     git(repo, "commit", "-qm", "margin 1")
     diff = json.loads(run(repo, "dvc", "metrics", "diff", "HEAD~1", "HEAD", "--json").stdout)
-    changed = [key for arch in archs for key in diff.get(f"metrics/{arch}.json", {})]
+    changed = [key for arch in archs for key in diff.get(f"metrics/{trained(arch)}.json", {})]
     assert any(key.endswith((".bleu", ".chrf")) for key in changed), diff
     params_diff = json.loads(run(repo, "dvc", "params", "diff", "HEAD~1", "--json").stdout)
     margin = params_diff["params.yaml"]["evaluate.max_len_margin"]

@@ -190,7 +190,7 @@ def test_a_train_stage_killed_mid_training_is_not_recorded_and_resumes(repo):
 
     resumed = run(repo, "dvc", "repro")
     output = resumed.stdout + resumed.stderr
-    assert "resuming transformer from checkpoints/transformer/last.ckpt" in output
+    assert f"resuming {TRANSFORMER} from checkpoints/{TRANSFORMER}/last.ckpt" in output
     assert not stale_stages(repo)  # everything done and recorded
     assert assert_dvc_agrees_with_disk(repo) >= {*UPSTREAM, *DOWNSTREAM}
 

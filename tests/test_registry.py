@@ -151,7 +151,8 @@ def store(tiny_pipeline):
 def arch_runs(tiny_pipeline, store):
     experiment = store.get_experiment_by_name("multi30k-en-de")
     runs = store.search_runs([experiment.experiment_id])
-    return {run.info.run_name: run for run in runs if "architecture" in run.data.tags}
+    # One seed in the tiny profile: one training run per architecture.
+    return {run.data.tags["architecture"]: run for run in runs if "architecture" in run.data.tags}
 
 
 def source_sentences(repo, count: int) -> list[str]:

@@ -314,7 +314,7 @@ def test_a_killed_retrain_leaves_the_champion_and_a_stale_lock(setup):
     while time.monotonic() < deadline:
         new = [p for p in repro_logs(setup.deploy) if p not in logs_before]
         text = new[0].read_text() if new else ""
-        if "transformer: warm" in text or "transformer: cold" in text:
+        if f"{TRANSFORMER}: warm" in text or f"{TRANSFORMER}: cold" in text:
             break  # the train stage has loaded its start weights: it is fitting now
         assert process.poll() is None, process.communicate()[0]
         time.sleep(0.5)
