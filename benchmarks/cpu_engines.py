@@ -3,7 +3,7 @@ model converted to CTranslate2 with float32 and with int8 weights (`nmt export -
 ctranslate2`), each at its fastest thread count and batch size. Scores are the evaluate stage's
 (sacreBLEU on detokenized output); speed is sentences per second over the whole split.
 
-    python -m benchmarks.cpu_engines --model artifacts/transformer --prepared data/prepared \\
+    python -m benchmarks.cpu_engines --model artifacts/transformer-1234 --prepared data/prepared \\
         --split test_2016_flickr --out benchmarks/results/<date>_cpu_engines.json
 
 One process: the model is converted into a temporary folder, each engine's settings are tried on
@@ -163,7 +163,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cpu_engines", description=__doc__)
-    parser.add_argument("--model", default="artifacts/transformer", help="an exported Transformer")
+    parser.add_argument(
+        "--model", default="artifacts/transformer-1234", help="an exported Transformer"
+    )
     parser.add_argument("--prepared", type=Path, default=Path("data/prepared"))
     parser.add_argument("--split", default="test_2016_flickr")
     parser.add_argument("--decoding", type=Path, help="a decoding.json (default: the defaults)")

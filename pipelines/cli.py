@@ -390,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument(
         "--model", required=True,
-        help="an exported model folder (artifacts/transformer) or a registry URI such as "
+        help="an exported model folder (artifacts/<arch>-<seed>) or a registry URI such as "
         "models:/nmt-translator@champion",
     )  # fmt: skip
     export.add_argument(
