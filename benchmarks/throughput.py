@@ -59,7 +59,7 @@ class Setup:
 def build_subject(setup: Setup, job: Job) -> Subject:
     """Our model or Marian for `job.arch`, seeded, on the device (compiled if asked)."""
     arch_params = setup.params.arch(job.arch)
-    torch.manual_seed(setup.params.seed)
+    torch.manual_seed(setup.params.seeds[0])
     memory_baseline = (
         (torch.cuda.memory_allocated(), torch.cuda.memory_reserved())
         if torch.cuda.is_available()

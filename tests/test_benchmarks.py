@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.pipeline_helpers import REPO, SHARED, TRANSFORMER, write_params
+from tests.pipeline_helpers import REPO, SHARED, TRANSFORMER, trained, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -279,9 +279,9 @@ def test_report_gathers_time_to_bleu_of_finished_runs(tiny_pipeline, tmp_path):
     runs = json.loads(out.read_text())["runs"]
     job = tiny_pipeline.repo.name
     architectures = tiny_pipeline.params["architectures"]
-    assert sorted(runs) == sorted(f"{job}/{arch}" for arch in architectures)
+    assert sorted(runs) == sorted(f"{job}/{trained(arch)}" for arch in architectures)
     for arch in architectures:
-        entry = runs[f"{job}/{arch}"]
+        entry = runs[f"{job}/{trained(arch)}"]
         assert entry["training"]["arch"] == arch
         assert entry["time_to_bleu"]["epochs"] == 1
         assert set(entry["test"]) == set(tiny_pipeline.params["data"]["test_splits"])

@@ -68,8 +68,8 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(single_a
         assert one["step"] == two["step"]  # the same number of optimizer steps
         assert abs(float(one["val_loss"]) - float(two["val_loss"])) < TOLERANCE
         assert abs(float(one["val_bleu"]) - float(two["val_bleu"])) < 0.5
-    single_state = torch.load(single / "checkpoints/transformer/last.ckpt", weights_only=True)
-    ddp_state = torch.load(ddp / "checkpoints/transformer/last.ckpt", weights_only=True)
+    single_state = torch.load(single / "checkpoints" / TRANSFORMER / "last.ckpt", weights_only=True)
+    ddp_state = torch.load(ddp / "checkpoints" / TRANSFORMER / "last.ckpt", weights_only=True)
     for name, tensor in single_state["state_dict"].items():
         difference = (ddp_state["state_dict"][name] - tensor).norm() / tensor.norm().clamp(
             min=1e-12
@@ -106,14 +106,14 @@ def test_ddp_killed_inside_an_epoch_resumes_every_rank_exactly(tmp_path):
     killed = clone_workspace(reference, tmp_path / "killed")
     stage_cmd(reference, "train", "--arch", "transformer")
     step = train_killed_inside_second_epoch(killed)
-    state = torch.load(killed / "checkpoints/transformer/last.ckpt", weights_only=True)
+    state = torch.load(killed / "checkpoints" / TRANSFORMER / "last.ckpt", weights_only=True)
     assert len(state["nmt"]["rng"]) == 2  # both ranks' states, gathered
     resumed = stage_cmd(killed, "train", "--arch", "transformer")
     assert f"inside epoch 1, optimizer step {step}" in resumed.stderr
     assert [(r["step"], r["val_loss"]) for r in history(killed)] == [
         (r["step"], r["val_loss"]) for r in history(reference)
     ]
-    final = torch.load(killed / "checkpoints/transformer/last.ckpt", weights_only=True)
-    expected = torch.load(reference / "checkpoints/transformer/last.ckpt", weights_only=True)
+    final = torch.load(killed / "checkpoints" / TRANSFORMER / "last.ckpt", weights_only=True)
+    expected = torch.load(reference / "checkpoints" / TRANSFORMER / "last.ckpt", weights_only=True)
     for name, tensor in expected["state_dict"].items():
         assert torch.equal(final["state_dict"][name], tensor), name

@@ -86,8 +86,9 @@ def reference(workspace, tmp_path_factory) -> Path:
 def assert_same_training(resumed: Path, reference: Path) -> None:
     """Deterministic on CPU: the resumed run reproduces the uninterrupted one exactly."""
     assert final_metrics(resumed) == final_metrics(reference)
-    resumed_state = torch.load(resumed / "checkpoints/transformer/last.ckpt", weights_only=True)
-    reference_state = torch.load(reference / "checkpoints/transformer/last.ckpt", weights_only=True)
+    last = Path("checkpoints") / TRANSFORMER / "last.ckpt"
+    resumed_state = torch.load(resumed / last, weights_only=True)
+    reference_state = torch.load(reference / last, weights_only=True)
     for name, tensor in reference_state["state_dict"].items():
         assert torch.equal(resumed_state["state_dict"][name], tensor), name
     # One MLflow run, continued, and nothing left RUNNING.
@@ -100,9 +101,9 @@ def assert_same_training(resumed: Path, reference: Path) -> None:
 
 def test_killed_training_resumes_and_matches_an_uninterrupted_run(workspace, reference, tmp_path):
     killed = clone_workspace(workspace, tmp_path / "killed")
-    run_until_checkpoint_then_kill(killed, "checkpoints/transformer/last.ckpt")
+    run_until_checkpoint_then_kill(killed, f"checkpoints/{TRANSFORMER}/last.ckpt")
     resumed = stage_cmd(killed, "train", "--arch", "transformer")
-    assert "resuming transformer from checkpoints/transformer/last.ckpt" in resumed.stderr
+    assert f"resuming {TRANSFORMER} from checkpoints/{TRANSFORMER}/last.ckpt" in resumed.stderr
     assert_same_training(killed, reference)
 
 
@@ -194,9 +195,9 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(worksp
     )
     assert done.returncode == 2, done.stderr[-3000:]
     last_line = done.stderr.strip().splitlines()[-1]
-    assert last_line.startswith("error: transformer: training loss is nan at step")
+    assert last_line.startswith(f"error: {TRANSFORMER}: training loss is nan at step")
     assert "Traceback" not in done.stderr
-    state = torch.load(diverging / "checkpoints/transformer/last.ckpt", weights_only=True)
+    state = torch.load(diverging / "checkpoints" / TRANSFORMER / "last.ckpt", weights_only=True)
     assert state["epoch"] == 0
     assert all(torch.isfinite(t).all() for t in state["state_dict"].values())
     assert [run.info.status for run in runs(diverging)] == ["FAILED"]
