@@ -46,11 +46,14 @@ class Counting(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def fit(budget: BudgetParams, max_epochs: int = -1, **trainer_args) -> tuple:
+def fit(budget: BudgetParams, state: dict | None = None, **trainer_args) -> tuple:
+    """Train `Counting` under `budget`, its count first restored from `state` if given."""
     callback = TrainingBudget(budget)
+    if state is not None:
+        callback.load_state_dict(state)
     module = Counting()
     trainer = pl.Trainer(
-        max_epochs=int(budget.value) if budget.unit == "epochs" else max_epochs,
+        max_epochs=int(budget.value) if budget.unit == "epochs" else -1,
         callbacks=[callback],
         logger=False,
         enable_checkpointing=False,
@@ -104,34 +107,16 @@ def test_seconds_stop_once_the_clock_passes_them(monkeypatch):
 
 
 def test_a_resumed_run_continues_the_count():
-    budget = TrainingBudget(BudgetParams("tokens", 100))
-    budget.load_state_dict({"batches": 20, "tokens": 95, "seconds": 3.0})
-    assert budget.state_dict() == {"batches": 20, "tokens": 95, "seconds": 3.0}
-    trainer = pl.Trainer(
-        max_epochs=-1,
-        callbacks=[budget],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    trainer.fit(Counting(), batches(), batches(1))
+    state = {"batches": 20, "tokens": 95, "seconds": 3.0}
+    loaded = TrainingBudget(BudgetParams("tokens", 100))
+    loaded.load_state_dict(state)
+    assert loaded.state_dict() == state
+    trainer, _, budget = fit(BudgetParams("tokens", 100), state)
     assert trainer.global_step == 3 and budget.tokens == 95 + 1 + 2 + 3  # 101 >= 100
 
 
 @pytest.mark.parametrize("unit", ["tokens", "seconds"])
 def test_a_spent_budget_trains_no_further_after_a_resume(unit):
-    budget = TrainingBudget(BudgetParams(unit, 10))
-    budget.load_state_dict({"batches": 50, "tokens": 10**6, "seconds": 10**6})
-    trainer = pl.Trainer(
-        max_epochs=-1,
-        callbacks=[budget],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    trainer.fit(Counting(), batches(), batches(1))
+    spent = {"batches": 50, "tokens": 10**6, "seconds": 10**6}
+    trainer, _, _ = fit(BudgetParams(unit, 10), spent)
     assert trainer.global_step == 0

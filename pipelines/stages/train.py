@@ -43,7 +43,13 @@ from pipelines.training.datamodule import TranslationDataModule
 from pipelines.training.export import export_model, warm_start
 from pipelines.training.low_precision import check_precision_support
 from pipelines.training.module import DivergenceError, TranslationModule
-from pipelines.training.trainer import accumulation, build_trainer, launch_rank, world_size
+from pipelines.training.trainer import (
+    accumulation,
+    build_trainer,
+    global_batch_tokens,
+    launch_rank,
+    world_size,
+)
 from pipelines.training.validation import ValidationBleu
 
 log = logging.getLogger("nmt.train")
@@ -106,7 +112,7 @@ def train(
     trainer, monitor, checkpoint, budget = build_trainer(
         params, run.arch, ckpt_dir, history, logger, accumulate
     )
-    global_batch = params.train.batch_tokens * trainer.world_size * accumulate
+    global_batch = global_batch_tokens(params, trainer)
     if trainer.is_global_zero and resume_from is None:
         log_training_shape(client, run_id, global_batch, trainer.world_size, module.model)
     try:
@@ -208,9 +214,7 @@ def training_summary(
         "epochs": len(monitor.rows),
         "train_seconds": round(monitor.train_seconds, 1),
         "tokens_per_sec": round(sum(rates) / max(len(rates), 1), 1),
-        "global_batch_tokens": params.train.batch_tokens
-        * trainer.world_size
-        * trainer.accumulate_grad_batches,
+        "global_batch_tokens": global_batch_tokens(params, trainer),
         "world_size": trainer.world_size,
         "device": runs.lineage_tags(params.data.dataset)["device"],
     }

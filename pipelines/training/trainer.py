@@ -56,6 +56,11 @@ def accumulation(train_params, world_size: int) -> int:
     return steps // world_size
 
 
+def global_batch_tokens(params: Params, trainer: pl.Trainer) -> int:
+    """Tokens per optimizer step: per-device batch x devices x accumulation."""
+    return params.train.batch_tokens * trainer.world_size * trainer.accumulate_grad_batches
+
+
 def build_trainer(
     params: Params,
     arch: str,
