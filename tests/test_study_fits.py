@@ -81,3 +81,5 @@ def test_power_law_crossing():
     linear, constant = PowerLaw(1.0, 2.0), PowerLaw(0.0, 512.0)
     assert power_law_crossing(linear, constant) == pytest.approx(256.0)
     assert power_law_crossing(linear, PowerLaw(1.0, 5.0)) is None
+    # Nearly equal exponents put the crossing beyond any float: no crossing, no OverflowError.
+    assert power_law_crossing(PowerLaw(0.500001, 1.0), PowerLaw(0.5, 2.0)) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -54,7 +55,9 @@ def crossing(xs: Sequence[float], a: Sequence[float], b: Sequence[float]) -> flo
 
 
 def power_law_crossing(a: PowerLaw, b: PowerLaw) -> float | None:
-    """The x > 0 where a(x) = b(x), or None when the exponents are equal."""
+    """The x > 0 where a(x) = b(x), or None when the exponents are equal or so close that the
+    crossing lies beyond any float (computed in log space, so it never overflows)."""
     if math.isclose(a.exponent, b.exponent):
         return None
-    return (b.coefficient / a.coefficient) ** (1.0 / (a.exponent - b.exponent))
+    log_x = (math.log(b.coefficient) - math.log(a.coefficient)) / (a.exponent - b.exponent)
+    return math.exp(log_x) if log_x < math.log(sys.float_info.max) else None
