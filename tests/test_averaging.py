@@ -1,5 +1,6 @@
 """Checkpoint averaging: the mean of known state dicts, determinism, weights-only loading, the
-choice of the last N epoch checkpoints, and the rule that keeps the average only if it is better."""
+choice of the last or best N epoch checkpoints, and the rule that keeps the average only if it
+is better."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from pipelines.training.averaging import (
     average_checkpoints,
     average_state_dicts,
     epoch_checkpoint_callback,
+    epoch_checkpoints,
     keep_averaged,
-    last_epoch_checkpoints,
     load_state_dict,
     select_average,
 )
@@ -84,15 +85,15 @@ def test_no_state_dicts_is_an_error():
         average_state_dicts([])
 
 
-def test_last_epoch_checkpoints_sorts_by_epoch_number(tmp_path):
+def test_epoch_checkpoints_sorts_by_epoch_number(tmp_path):
     for epoch in (2, 10, 9, 1):
         torch.save({"state_dict": {}}, tmp_path / f"epoch{epoch:04d}.ckpt")
     (tmp_path / "best.ckpt").write_bytes(b"")
     (tmp_path / "epoch_notes.txt").write_text("not a checkpoint")
-    names = [p.name for p in last_epoch_checkpoints(tmp_path, 3)]
+    names = [p.name for p in epoch_checkpoints(tmp_path, 3)]
     assert names == ["epoch0002.ckpt", "epoch0009.ckpt", "epoch0010.ckpt"]
-    assert len(last_epoch_checkpoints(tmp_path, 10)) == 4
-    assert last_epoch_checkpoints(tmp_path, 0) == []
+    assert len(epoch_checkpoints(tmp_path, 10)) == 4
+    assert epoch_checkpoints(tmp_path, 0) == []
 
 
 def test_checkpoints_are_loaded_weights_only(tmp_path):
@@ -146,6 +147,9 @@ def test_select_average_leaves_the_winner_loaded(tmp_path, averaged_wins):
     assert result.checkpoints == ["epoch0000.ckpt", "epoch0001.ckpt"]
 
 
+SCORES = [1.0, 5.0, 3.0, 4.0, 2.0]  # epoch -> the validation score _TinyModule logs
+
+
 class _TinyModule(pl.LightningModule):
     def __init__(self) -> None:
         super().__init__()
@@ -156,16 +160,17 @@ class _TinyModule(pl.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         self.log("val/loss", self.layer(batch[0]).pow(2).mean())
+        self.log("val/score", SCORES[self.current_epoch])  # a known score per epoch
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def test_epoch_checkpoint_callback_keeps_the_last_n_epochs(tmp_path):
+def _fit_with(callback, epochs: int) -> None:
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 2)))
     trainer = pl.Trainer(
-        max_epochs=4,
-        callbacks=[epoch_checkpoint_callback(tmp_path, 2)],
+        max_epochs=epochs,
+        callbacks=[callback],
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -173,11 +178,30 @@ def test_epoch_checkpoint_callback_keeps_the_last_n_epochs(tmp_path):
         accelerator="cpu",
     )
     trainer.fit(_TinyModule(), data, data)
+
+
+def test_epoch_checkpoint_callback_keeps_the_last_n_epochs(tmp_path):
+    _fit_with(epoch_checkpoint_callback(tmp_path, 2), epochs=4)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["epoch0002.ckpt", "epoch0003.ckpt"]
     checkpoint = torch.load(tmp_path / "epoch0003.ckpt", weights_only=True)
     assert "optimizer_states" not in checkpoint  # weights only: small and fast to write
     assert set(checkpoint["state_dict"]) == {"layer.weight", "layer.bias"}
+
+
+def test_epoch_checkpoint_callback_keeps_the_best_n_epochs_by_the_monitor(tmp_path):
+    """With early stopping the last epochs lie past the peak: `of="best"` keeps the epochs with
+    the highest validation score (here epochs 1 and 3 of scores 1, 5, 3, 4, 2), not the last."""
+    _fit_with(epoch_checkpoint_callback(tmp_path, 2, of="best", monitor="val/score"), epochs=5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch0001.ckpt", "epoch0003.ckpt"]
+    assert [p.name for p in epoch_checkpoints(tmp_path, 2)] == ["epoch0001.ckpt", "epoch0003.ckpt"]
+
+
+def test_epoch_checkpoint_callback_refuses_an_unknown_choice(tmp_path):
+    with pytest.raises(ValueError, match="of must be 'last' or 'best', not 'first'"):
+        epoch_checkpoint_callback(tmp_path, 2, of="first", monitor="val/score")
+    with pytest.raises(ValueError, match="needs the metric to monitor"):
+        epoch_checkpoint_callback(tmp_path, 2, of="best")
 
 
 @pytest.mark.slow

@@ -244,6 +244,10 @@ BAD_PARAMS = [
     ({"budget": {"unit": "hours"}}, "budget.unit"),
     ({"budget": {"value": 0}}, "budget.value: must be > 0"),
     ({"seeds": [7, 7]}, "seeds: lists 7 more than once"),
+    (
+        {"train": {"checkpoint_average_of": "first"}},
+        "train.checkpoint_average_of: must be one of last, best, not 'first'",
+    ),
     ({"retrain": {"promotion_split": "dev"}}, "retrain.promotion_split: 'dev' is neither"),
 ]
 

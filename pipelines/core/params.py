@@ -129,6 +129,9 @@ class ArchParams:
         return model_config_from_dict(self.model)
 
 
+AVERAGE_OF = ("last", "best")  # which epochs' weights checkpoint averaging takes
+
+
 @dataclass
 class TrainParams:
     """Hardware, batching and bookkeeping shared by every architecture."""
@@ -151,6 +154,7 @@ class TrainParams:
     val_max_len_margin: int = 20
     log_every_n_steps: int = 20
     checkpoint_average: int = 0
+    checkpoint_average_of: str = "last"  # "last" epochs, or the "best" epochs by validation BLEU
     checkpoint_every_n_steps: int = 0
 
     def validate(self, prefix: str = "") -> None:
@@ -165,6 +169,11 @@ class TrainParams:
         require(self.num_nodes > 0, f"{prefix}num_nodes", "must be > 0")
         require(self.num_workers >= 0, f"{prefix}num_workers", "must be >= 0")
         require(self.checkpoint_average >= 0, f"{prefix}checkpoint_average", "must be >= 0")
+        require(
+            self.checkpoint_average_of in AVERAGE_OF,
+            f"{prefix}checkpoint_average_of",
+            f"must be one of {', '.join(AVERAGE_OF)}, not {self.checkpoint_average_of!r}",
+        )
         require(
             self.checkpoint_every_n_steps >= 0, f"{prefix}checkpoint_every_n_steps", "must be >= 0"
         )

@@ -155,7 +155,7 @@ def data_module(
 def load_best(
     module: TranslationModule, best: str, params: Params, paths: ProjectPaths
 ) -> dict[str, Any] | None:
-    """Load the best checkpoint's weights into `module`, then average the last epochs' weights
+    """Load the best checkpoint's weights into `module`, then average the kept epochs' weights
     into it if asked and if that is better on validation; returns what averaging did."""
     state = torch.load(best, map_location="cpu", weights_only=True)
     module.load_state_dict(state["state_dict"])

@@ -32,8 +32,9 @@ def epoch_checkpoint_name(epoch: int) -> str:
     return f"epoch{epoch:04d}"
 
 
-def last_epoch_checkpoints(folder: Path, count: int) -> list[Path]:
-    """The `count` most recent ``epochNNNN.ckpt`` files in `folder`, oldest first."""
+def epoch_checkpoints(folder: Path, count: int) -> list[Path]:
+    """The `count` highest-numbered ``epochNNNN.ckpt`` files in `folder`, oldest first (the epoch
+    callback keeps only the epochs it picked, last or best, so these are they)."""
     found = []
     for path in Path(folder).glob("epoch*.ckpt"):
         match = EPOCH_PATTERN.search(path.name)
@@ -151,14 +152,20 @@ def select_average(
     )
 
 
-def epoch_checkpoint_callback(folder: Path, count: int):
-    """A ModelCheckpoint keeping the weights of the last `count` epochs (after validation)."""
+def epoch_checkpoint_callback(folder: Path, count: int, of: str = "last", monitor: str = ""):
+    """A ModelCheckpoint keeping the weights of `count` epochs (after validation): the last ones
+    (`of="last"`), or those with the highest `monitor` value (`of="best"`: with early stopping
+    the last epochs lie past the peak, so joeynmt and fairseq users average the best ones)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    if of not in ("last", "best"):
+        raise ValueError(f"epoch_checkpoint_callback: of must be 'last' or 'best', not {of!r}")
+    if of == "best" and not monitor:
+        raise ValueError("epoch_checkpoint_callback: of='best' needs the metric to monitor")
     return ModelCheckpoint(
         dirpath=folder,
         filename=epoch_checkpoint_name(0).replace("0000", "{epoch:04d}"),
-        monitor="epoch",
+        monitor="epoch" if of == "last" else monitor,
         mode="max",
         save_top_k=count,
         save_weights_only=True,
@@ -178,12 +185,12 @@ def apply_checkpoint_average(
     validation_split: str,
     batch_tokens: int,
 ) -> AveragingResult | None:
-    """Average the last `count` epoch checkpoints in `folder` into `model` if that beats
+    """Average the `count` epoch checkpoints kept in `folder` into `model` if that beats
     `best_state` on validation BLEU (greedy, the whole split on this process, fp32).
 
     Returns None when fewer than two checkpoints exist.
     """
-    paths = last_epoch_checkpoints(folder, count)
+    paths = epoch_checkpoints(folder, count)
     if len(paths) < 2:
         log.info("checkpoint averaging skipped: %d epoch checkpoint(s) in %s", len(paths), folder)
         return None

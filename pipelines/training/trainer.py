@@ -106,9 +106,10 @@ def build_trainer(
                 enable_version_counter=False,
             )
         )
-    if params.train.checkpoint_average > 1:  # the last N epochs' weights, for averaging
+    if params.train.checkpoint_average > 1:  # N epochs' weights (last or best), for averaging
         folder = checkpoints / "epochs"
-        callbacks.append(epoch_checkpoint_callback(folder, params.train.checkpoint_average))
+        count, of = params.train.checkpoint_average, params.train.checkpoint_average_of
+        callbacks.append(epoch_checkpoint_callback(folder, count, of, MONITOR))
     if params.train.cuda_graphs and not params.train.compile:
         callbacks.append(CudaGraphsCallback())  # acts on one CUDA device only
     if params.train.low_precision_weights and not params.train.compile:
