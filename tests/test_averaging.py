@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from pipelines.training.averaging import (
+    EpochWeightsCheckpoint,
     average_checkpoints,
     average_state_dicts,
     epoch_checkpoint_callback,
@@ -205,26 +206,38 @@ def test_epoch_checkpoint_callback_refuses_an_unknown_choice(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_stage_exports_the_winner_of_best_versus_average(tmp_path):
-    """The real train stage on the tiny corpus: the last N epochs are kept, the average is scored
-    against the best checkpoint on validation, and the exported weights are the winner's."""
+@pytest.mark.parametrize("of", ["last", "best"])
+def test_train_stage_exports_the_winner_of_best_versus_average(tmp_path, of):
+    """The real train stage on the tiny corpus: N epochs are kept (the last, or those of the
+    highest validation BLEU), the average is scored against the best checkpoint on validation, and
+    the exported weights are the winner's."""
     from safetensors.torch import load_file
 
+    from pipelines.reports.comparison import read_history
     from tests.training_helpers import make_workspace, stage_cmd, workspace_params
 
     params = workspace_params(
-        train={"checkpoint_average": 2},
+        train={"checkpoint_average": 2, "checkpoint_average_of": of},
         models={"transformer": {"optim": {"early_stopping_patience": 0}}},
-        budget={"unit": "epochs", "value": 3},
+        budget={"unit": "epochs", "value": 4},
     )
     workspace = make_workspace(tmp_path / "ws", params)
     stage_cmd(workspace, "train", "--arch", "transformer")
 
     epochs = workspace / "checkpoints" / TRANSFORMER / "epochs"
-    assert sorted(p.name for p in epochs.iterdir()) == ["epoch0001.ckpt", "epoch0002.ckpt"]
+    kept = sorted(p.name for p in epochs.iterdir())
+    if of == "last":
+        assert kept == ["epoch0002.ckpt", "epoch0003.ckpt"]
+    else:  # no epoch left out scored higher than one kept
+        bleu = {
+            f"epoch{int(row['epoch']):04d}.ckpt": row["val_bleu"]
+            for row in read_history(workspace / "logs" / TRANSFORMER / "history.csv")
+        }
+        assert len(kept) == 2 and set(kept) <= set(bleu)
+        assert min(bleu[k] for k in kept) >= max(v for k, v in bleu.items() if k not in kept)
     summary = json.loads((workspace / "artifacts" / TRANSFORMER / "training.json").read_text())
     averaging = summary["checkpoint_average"]
-    assert averaging["checkpoints"] == ["epoch0001.ckpt", "epoch0002.ckpt"]
+    assert averaging["checkpoints"] == kept
     averaged_wins = keep_averaged(averaging["best_val_bleu"], averaging["averaged_val_bleu"])
     assert averaging["kept"] == ("averaged" if averaged_wins else "best")
 
@@ -235,3 +248,26 @@ def test_train_stage_exports_the_winner_of_best_versus_average(tmp_path):
     exported = load_file(workspace / "artifacts" / TRANSFORMER / "model.safetensors")
     for name, tensor in exported.items():
         assert torch.equal(tensor, expected[f"model.{name}"]), name
+
+
+@pytest.mark.parametrize("of", ["last", "best"])
+def test_the_trainer_keeps_epoch_weights_beside_the_best_checkpoint(tmp_path, of):
+    """Both modes build a Trainer: in `best` mode the epoch callback monitors validation BLEU as
+    the best-checkpoint callback does, and Lightning refuses two checkpoint callbacks whose saved
+    state would share one key."""
+    import yaml
+
+    from pipelines.core.params import load_params
+    from pipelines.training.trainer import MONITOR, build_trainer
+    from tests.training_helpers import workspace_params
+
+    raw = workspace_params(train={"checkpoint_average": 3, "checkpoint_average_of": of})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    params = load_params(tmp_path / "params.yaml")
+    trainer, _, best, _ = build_trainer(
+        params, "transformer", tmp_path / "ckpt", tmp_path / "history.csv", None, 1
+    )
+    (epochs,) = [c for c in trainer.callbacks if isinstance(c, EpochWeightsCheckpoint)]
+    assert epochs.monitor == (MONITOR if of == "best" else "epoch")
+    assert epochs.save_top_k == 3 and epochs.dirpath == str(tmp_path / "ckpt" / "epochs")
+    assert epochs.state_key != best.state_key

@@ -36,7 +36,10 @@ def transformer_config(
 
 
 def recurrent_config(study: StudyParams, attention: str) -> RecurrentConfig:
-    """A bidirectional LSTM encoder-decoder, with `attention` ("none" or "additive")."""
+    """A bidirectional LSTM encoder-decoder, with `attention` ("none" or "additive"), in the
+    pipeline's baseline recipe: no input feeding (the decoder is one cuDNN call, not a Python loop
+    over hundreds of target positions) and, without attention, the summary vector fed to every
+    step (Cho et al. 2014): still one fixed-size vector for the whole source."""
     return RecurrentConfig(
         cell="lstm",
         embedding_dim=study.d_model,
@@ -45,6 +48,8 @@ def recurrent_config(study: StudyParams, attention: str) -> RecurrentConfig:
         decoder_layers=study.layers,
         dropout=0.0,
         attention=attention,
+        input_feeding=False,
+        context_every_step=attention == "none",
     )
 
 

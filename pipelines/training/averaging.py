@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 
 from pipelines.training.datamodule import token_bucket_loader
@@ -152,17 +153,21 @@ def select_average(
     )
 
 
+class EpochWeightsCheckpoint(ModelCheckpoint):
+    """The epoch checkpoints for averaging. A class of its own: Lightning keys a callback's saved
+    state by class and monitor, and in `best` mode this one monitors what the best-checkpoint
+    callback does (two ModelCheckpoints with one key are refused)."""
+
+
 def epoch_checkpoint_callback(folder: Path, count: int, of: str = "last", monitor: str = ""):
     """A ModelCheckpoint keeping the weights of `count` epochs (after validation): the last ones
     (`of="last"`), or those with the highest `monitor` value (`of="best"`: with early stopping
     the last epochs lie past the peak, so joeynmt and fairseq users average the best ones)."""
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     if of not in ("last", "best"):
         raise ValueError(f"epoch_checkpoint_callback: of must be 'last' or 'best', not {of!r}")
     if of == "best" and not monitor:
         raise ValueError("epoch_checkpoint_callback: of='best' needs the metric to monitor")
-    return ModelCheckpoint(
+    return EpochWeightsCheckpoint(
         dirpath=folder,
         filename=epoch_checkpoint_name(0).replace("0000", "{epoch:04d}"),
         monitor="epoch" if of == "last" else monitor,
