@@ -305,3 +305,29 @@ def test_graphed_and_compiled_runs_have_their_own_speedups(
     }
     assert row(table, "transformer +graphs") and row(table, "transformer +compile")
     assert all("profile" in run for run in result["runs"])  # one round: each model profiled
+
+
+ATEN = "void at::native::(anonymous namespace)::"  # how PyTorch's own kernels are named
+
+
+@pytest.mark.parametrize(
+    ("kernel", "category"),
+    [
+        ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", "matmul"),
+        ("nvjet_tst_128x192_64x4_1x2_h_bz_coopA_NNT", "matmul"),
+        ("void pytorch_flash::flash_bwd_dq_dk_dv_loop_seqk_parallel_kernel<>", "attention"),
+        ("fmha_cutlassF_bf16_aligned_64x64_rf_sm80", "attention"),
+        (ATEN + "cunn_SoftMaxForward<4, float, float>", "softmax / cross-entropy"),
+        (ATEN + "nll_loss_forward_reduce_cuda_kernel_2d<float>", "softmax / cross-entropy"),
+        (ATEN + "vectorized_layer_norm_kernel<float, float>", "layer norm"),
+        (ATEN + "multi_tensor_apply_kernel<FusedAdamMathFunctor>", "optimizer"),
+        (ATEN + "fused_dropout_kernel_vec<float, float>", "dropout / random"),
+        ("void at::native::vectorized_elementwise_kernel<4, CUDAFunctor_add>", "elementwise"),
+        ("void at::native::reduce_kernel<512, 1, ReduceOp<float, func_wrapper_t>>", "reduction"),
+        ("void at::native::embedding_backward_feature_kernel<float, float, long>", "other"),
+    ],
+)
+def test_profiled_kernels_fall_in_the_category_their_name_says(kernel, category):
+    from benchmarks.measure import kernel_category
+
+    assert kernel_category(kernel) == category
