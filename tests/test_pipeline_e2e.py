@@ -68,12 +68,16 @@ def test_mlflow_holds_a_finished_run_per_architecture(tiny_pipeline):
     experiment = client.get_experiment_by_name("multi30k-en-de")
     runs = client.search_runs([experiment.experiment_id])
     by_name = {run.info.run_name: run for run in runs}
-    for arch in tiny_pipeline.params["architectures"]:
+    archs = tiny_pipeline.params["architectures"]
+    for arch in archs:
         run_ = by_name[trained(arch)]
         assert run_.info.status == "FINISHED"
         assert "test/test_2016_flickr/bleu" in run_.data.metrics
         assert "val/bleu" in run_.data.metrics
         assert run_.data.tags["mlflow.parentRunId"]
+    parents = {by_name[trained(arch)].data.tags["mlflow.parentRunId"] for arch in archs}
+    assert len(parents) == 1  # one pipeline run groups the trainings and the study
+    assert by_name["study"].data.tags["mlflow.parentRunId"] in parents
     assert not [r for r in runs if r.info.status == "RUNNING"]
 
 

@@ -172,3 +172,20 @@ def test_parts_switched_off_are_marked_and_no_tracking_needs_no_mlflow(tmp_path,
     assert rows["Training time"][2] == "**supported**"  # transformer-1234 alone reaches 2
     assert [p.name for p in (tmp_path / "reports" / "study").iterdir()] == ["efficiency.png"]
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_the_study_run_joins_the_parent_run_its_trainings_recorded(tmp_path):
+    from pipelines.core.params import load_params
+    from pipelines.core.paths import ProjectPaths
+    from pipelines.tracking.study_run import pipeline_parent_id
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params(TINY_STUDY)))
+    loaded, paths = load_params(tmp_path / "params.yaml"), ProjectPaths(tmp_path)
+    assert pipeline_parent_id(loaded, paths) is None  # nothing trained: a run of its own
+    runs = loaded.runs()
+    first, second = paths.artifacts / runs[0].name, paths.artifacts / runs[-1].name
+    first.mkdir(parents=True)
+    (first / "training.json").write_text(json.dumps({"parent_run_id": None}))
+    second.mkdir(parents=True, exist_ok=True)
+    (second / "training.json").write_text(json.dumps({"parent_run_id": "abc123"}))
+    assert pipeline_parent_id(loaded, paths) == "abc123"

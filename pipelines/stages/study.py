@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     atomic_write_text(report, study_markdown(results, setup_line(params)))
     log.info("wrote %s and %s/", report, figures)
     if not args.no_tracking:
-        run_id = log_study(params, results, report, figures)
+        run_id = log_study(params, results, report, figures, PATHS)
         log.info("logged the study to MLflow run %s", run_id)
 
 

@@ -3,11 +3,13 @@ its figures as artifacts, with the lineage and source tags every pipeline run ca
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from pipelines.core.params import Params, flatten
+from pipelines.core.paths import ProjectPaths
 from pipelines.study.part import PartResult
 from pipelines.study.report import all_claims
 from pipelines.tracking import runs
@@ -16,8 +18,23 @@ STUDY_RUN = "study"
 ENTRY_POINT = "python -m pipelines.stages.study"
 
 
-def log_study(params: Params, results: list[PartResult], report: Path, figures: Path) -> str:
-    """Open, fill and finish the run; returns its id. Verdicts become ``verdict.<topic>`` tags."""
+def pipeline_parent_id(params: Params, paths: ProjectPaths) -> str | None:
+    """The parent run that groups this pipeline's trainings (as their summaries record it), so
+    that the study sits beside them in the MLflow UI; None when no training recorded one."""
+    for run in params.runs():
+        summary = paths.artifacts / run.name / "training.json"
+        if summary.exists():
+            parent = json.loads(summary.read_text(encoding="utf-8")).get("parent_run_id")
+            if parent:
+                return parent
+    return None
+
+
+def log_study(
+    params: Params, results: list[PartResult], report: Path, figures: Path, paths: ProjectPaths
+) -> str:
+    """Open, fill and finish the run, under the pipeline's parent run when there is one; returns
+    its id. Verdicts become ``verdict.<topic>`` tags."""
     from mlflow.entities import Metric
 
     client = runs.connect()
@@ -27,6 +44,9 @@ def log_study(params: Params, results: list[PartResult], report: Path, figures: 
         **runs.source_tags(ENTRY_POINT),
         **{f"verdict.{c.topic}": c.verdict for c in all_claims(results)},
     }
+    parent = pipeline_parent_id(params, paths)
+    if parent:
+        tags["mlflow.parentRunId"] = parent
     run_id = client.create_run(exp_id, run_name=STUDY_RUN, tags=tags).info.run_id
     runs.log_params(client, run_id, flatten(asdict(params.study), "study."))
     now = int(time.time() * 1000)
