@@ -28,6 +28,8 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
+from pipelines.training.gradient_sync import FlatGradientSync
+
 log = logging.getLogger(__name__)
 
 LossFunction = Callable[..., tuple[Tensor, ...]]
@@ -207,24 +209,38 @@ def _autocast_without_cache(device: torch.device) -> Any:
 class CudaGraphsCallback(pl.Callback):
     """Gives the LightningModule a `StepGraphs` for its ``training_loss`` during `fit`.
 
-    Active on one CUDA device (with DDP the gradient all-reduce runs inside the backward pass,
-    which these graphs do not capture) for models whose training step never waits on the host
+    Active on CUDA devices for models whose training step never waits on the host
     (``Seq2Seq.graph_safe``: the Transformer; the LSTMs read packed lengths on the host). The
-    module zeroes gradients in place while it is set.
+    module zeroes gradients in place while it is set. Under DDP, whose gradient all-reduce runs
+    from autograd hooks inside the backward pass (which a replayed graph does not run), a
+    `FlatGradientSync` averages the gradients after the backward pass instead.
     """
 
+    def __init__(self) -> None:
+        self.sync = FlatGradientSync()
+        self.active = False
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.active = False
         if pl_module.device.type != "cuda":
             log.info("CUDA graphs off: training on %s", pl_module.device.type)
-            return
-        if trainer.world_size > 1:
-            log.info("CUDA graphs off: %d processes (DDP)", trainer.world_size)
             return
         if not pl_module.model.graph_safe:
             log.info("CUDA graphs off: %s waits on the host", type(pl_module.model).__name__)
             return
         pl_module.step_graphs = StepGraphs(pl_module.training_loss, pl_module.parameters())
+        self.active = True
         log.info("CUDA graphs: the training loss's forward and backward replay per batch shape")
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.active:
+            self.sync.on_train_start(trainer, pl_module)
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if self.active:
+            self.sync.on_before_optimizer_step(trainer, pl_module, optimizer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         graphs = getattr(pl_module, "step_graphs", None)

@@ -111,7 +111,7 @@ def build_trainer(
         count, of = params.train.checkpoint_average, params.train.checkpoint_average_of
         callbacks.append(epoch_checkpoint_callback(folder, count, of, MONITOR))
     if params.train.cuda_graphs and not params.train.compile:
-        callbacks.append(CudaGraphsCallback())  # acts on one CUDA device only
+        callbacks.append(CudaGraphsCallback())  # CUDA devices; DDP: one flat all-reduce
     if params.train.low_precision_weights and not params.train.compile:
         callbacks.append(LowPrecisionWeightsCallback())  # bf16-mixed, one device, no CUDA graphs
     if logger is not None:  # the schedule's rate per step, as train/lr (a curve in MLflow)

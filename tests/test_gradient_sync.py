@@ -1,0 +1,79 @@
+"""The gradient reduction CUDA graphs use under DDP (`FlatGradientSync`): real two-process
+Lightning DDP on CPU (gloo) against DDP's own reduction and, on a machine with two GPUs, the
+pipeline's CUDA graphs callback under DDP (NCCL) against eager DDP."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.pipeline_helpers import REPO, project_env
+
+# DDP and the flat buffer both divide each gradient by the world size and sum the two ranks'
+# values, so the weights agree to float32 rounding; 1e-5 is the issue's bound.
+TOLERANCE = 1e-5
+
+
+def _train(out, mode: str, accelerator: str = "cpu") -> list[dict]:
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.ddp_flat_sync_run", str(out), mode, accelerator],
+        cwd=REPO,
+        env=project_env(REPO),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return [torch.load(out / f"{mode}-rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("flat_sync")
+    return {mode: _train(out, mode) for mode in ("ddp", "flat", "none")}
+
+
+def _max_difference(a: dict, b: dict) -> float:
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def test_flat_all_reduce_trains_as_ddp_does(trained):
+    ddp, flat = trained["ddp"], trained["flat"]
+    assert _max_difference(flat[0]["state"], flat[1]["state"]) == 0.0  # the ranks agree
+    assert _max_difference(flat[0]["state"], ddp[0]["state"]) <= TOLERANCE
+    from tests.ddp_flat_sync_run import STEPS
+
+    assert flat[0]["reductions"] == flat[1]["reductions"] == STEPS  # one all-reduce per step
+
+
+def test_without_a_reduction_the_ranks_drift_apart(trained):
+    """The check above can fail: with DDP's reduction off and nothing in its place, each rank
+    steps with its own gradients."""
+    none = trained["none"]
+    assert _max_difference(none[0]["state"], none[1]["state"]) > 1e-3
+    assert _max_difference(none[0]["state"], trained["ddp"][0]["state"]) > 1e-3
+
+
+def test_average_gradients_refuses_mixed_dtypes():
+    from pipelines.training.gradient_sync import average_gradients
+
+    weights = [torch.zeros(2, requires_grad=True), torch.zeros(2, dtype=torch.float64)]
+    weights[0].grad, weights[1].grad = torch.ones(2), torch.ones(2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="one flat buffer needs one dtype"):
+        average_gradients(weights)
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.device_count() < 2,
+    reason="needs two CUDA GPUs (CUDA graphs under DDP over NCCL)",
+)
+def test_cuda_graphs_under_ddp_train_as_eager_ddp_does(tmp_path):
+    """Replayed forward/backward graphs on both GPUs, gradients averaged by one flat all-reduce:
+    the weights after the steps within 1e-5 of eager DDP's, the same on both ranks."""
+    eager, graphed = _train(tmp_path, "ddp", "gpu"), _train(tmp_path, "graphs", "gpu")
+    assert _max_difference(graphed[0]["state"], graphed[1]["state"]) == 0.0
+    assert _max_difference(graphed[0]["state"], eager[0]["state"]) <= TOLERANCE
+    assert graphed[0]["reductions"] > 0
