@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
         params, run.arch, work / "checkpoints", history, None, accumulate
     )
     trainer.fit(module, datamodule=data_module(params, PATHS, run.seed, accumulate))
+    if trainer.global_rank != 0:  # with DDP, the first process exports and evaluates
+        return
     averaging = load_best(module, best.best_model_path, params, PATHS)
     model_dir = work / "model"
     export_model(module.model, export_config(run.arch, params, tokenizers), tokenizers, model_dir)
