@@ -238,6 +238,7 @@ def test_train_stage_exports_the_winner_of_best_versus_average(tmp_path, of):
     summary = json.loads((workspace / "artifacts" / TRANSFORMER / "training.json").read_text())
     averaging = summary["checkpoint_average"]
     assert averaging["checkpoints"] == kept
+    assert summary["tokens_per_sec_steady"] > 0  # windows of epochs 1-3 (one per step here)
     averaged_wins = keep_averaged(averaging["best_val_bleu"], averaging["averaged_val_bleu"])
     assert averaging["kept"] == ("averaged" if averaged_wins else "best")
 

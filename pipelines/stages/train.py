@@ -199,7 +199,7 @@ def training_summary(
     """artifacts/<arch>-<seed>/training.json: size, best epoch, the exported model's validation
     BLEU (what every model choice reads), the budget used, time and throughput of the run."""
     best_row = max(monitor.rows, key=lambda r: r.get("val_bleu", float("-inf")), default={})
-    rates = monitor.tokens_per_sec
+    rates, steady = monitor.tokens_per_sec, monitor.steady_tokens_per_sec()
     averaged = averaging is not None and averaging["kept"] == "averaged"
     return {
         "arch": run.arch,
@@ -214,6 +214,7 @@ def training_summary(
         "epochs": len(monitor.rows),
         "train_seconds": round(monitor.train_seconds, 1),
         "tokens_per_sec": round(sum(rates) / max(len(rates), 1), 1),
+        "tokens_per_sec_steady": None if steady is None else round(steady, 1),  # see steady_rate
         "global_batch_tokens": global_batch_tokens(params, trainer),
         "world_size": trainer.world_size,
         "device": runs.lineage_tags(params.data.dataset)["device"],

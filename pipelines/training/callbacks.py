@@ -54,12 +54,15 @@ class TrainingMonitor(pl.Callback):
         self.log_every_n_steps = log_every_n_steps
         self.rows: list[dict[str, float]] = []
         self.tokens_per_sec: list[float] = []
+        self.window_epochs: list[int] = []  # the epoch of each tokens_per_sec window
+        self.first_epoch: int | None = None  # the first epoch this process trained
         self._tokens: torch.Tensor | None = None
         self._window_start = 0.0
         self.train_seconds = 0.0
         self._epoch_start = 0.0
 
     def on_train_start(self, trainer, module) -> None:
+        self.first_epoch = trainer.current_epoch
         # A run resumed inside an epoch gets no on_train_epoch_start for that epoch.
         self.on_train_epoch_start(trainer, module)
 
@@ -75,6 +78,7 @@ class TrainingMonitor(pl.Callback):
             elapsed = time.perf_counter() - self._window_start
             rate = float(tokens) / max(elapsed, 1e-9)
             self.tokens_per_sec.append(rate)
+            self.window_epochs.append(trainer.current_epoch)
             module.log("train/tokens_per_sec", rate, on_step=True, on_epoch=False)
             self._tokens.zero_()
             self._window_start = time.perf_counter()
@@ -105,6 +109,12 @@ class TrainingMonitor(pl.Callback):
         if trainer.is_global_zero:
             write_history(self.history_file, self.rows)
 
+    def steady_tokens_per_sec(self) -> float | None:
+        """Tokens per second once warm: see `steady_rate`."""
+        if self.first_epoch is None:
+            return None
+        return steady_rate(self.tokens_per_sec, self.window_epochs, self.first_epoch)
+
     def _elapsed_in_epoch(self) -> float:
         return time.perf_counter() - self._epoch_start if self._epoch_start else 0.0
 
@@ -114,6 +124,18 @@ class TrainingMonitor(pl.Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rows = list(state.get("rows", []))
         self.train_seconds = float(state.get("train_seconds", 0.0))
+
+
+def steady_rate(rates: list[float], epochs: list[int], first_epoch: int) -> float | None:
+    """The median of the logging windows' `rates` after `first_epoch`, the first epoch a process
+    trains, where CUDA graphs capture every batch shape once and kernels are planned: what the
+    training step runs at, comparable with a benchmark's timed steps. None when no window came
+    after it."""
+    later = sorted(rate for rate, epoch in zip(rates, epochs, strict=True) if epoch > first_epoch)
+    if not later:
+        return None
+    middle = len(later) // 2
+    return later[middle] if len(later) % 2 else (later[middle - 1] + later[middle]) / 2
 
 
 def write_history(path: Path, rows: list[dict[str, float]]) -> None:
