@@ -43,6 +43,7 @@ from pipelines.training.datamodule import TranslationDataModule
 from pipelines.training.export import export_model, warm_start
 from pipelines.training.low_precision import check_precision_support
 from pipelines.training.module import DivergenceError, TranslationModule
+from pipelines.training.rank_failure import first_line, peer_lost, watch_parent
 from pipelines.training.trainer import (
     accumulation,
     build_trainer,
@@ -90,6 +91,9 @@ def train(
     use_cudnn_attention(params.train.cudnn_attention)
     tokenizers = Tokenizers.load(paths.tokenized)
     ckpt_dir = paths.checkpoints / run.name
+    resume_hint = f"`dvc repro` (or this command) resumes from {ckpt_dir / 'last.ckpt'}"
+    if launch_rank() != 0:  # a rank whose launcher died stops instead of waiting in a collective
+        watch_parent(launch_rank(), resume_hint)
     key = fingerprint(params, run, paths.tokenized)
     client = runs.connect()  # fails fast, before any training, if the server does not answer
     run_id = parent_id = None
@@ -122,6 +126,13 @@ def train(
         raise PipelineError(
             f"{run.name}: {err}; the last good checkpoint is kept in {ckpt_dir}"
         ) from err
+    except Exception as err:
+        if trainer.world_size > 1 and peer_lost(err):
+            raise PipelineError(
+                f"{run.name}: rank {trainer.global_rank}: another rank stopped during training "
+                f"({first_line(err)}); {resume_hint}"
+            ) from err
+        raise
     if not trainer.is_global_zero:
         return {}
     if monitor.rows:  # a run resumed at its very end validates no more: DVC removed the curve
