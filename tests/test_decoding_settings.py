@@ -12,6 +12,7 @@ import yaml
 
 from models.config import ConfigError, from_dict
 from pipelines import cli
+from pipelines.commands import translate as translate_command
 from pipelines.core.errors import PipelineError
 from pipelines.core.params import DecodingSettings, EvaluateParams, load_params
 from pipelines.inference import pyfunc_model
@@ -209,7 +210,7 @@ def test_a_broken_project_evaluate_section_names_the_file_and_key(tmp_path, monk
     make_project(tmp_path / "project", beam_size=0)
     monkeypatch.chdir(tmp_path / "project")
     with pytest.raises(PipelineError, match=r"params.yaml: evaluate.beam_size: must be >= 1"):
-        cli.project_settings()
+        translate_command.project_settings()
 
 
 def test_nmt_translate_really_decodes_with_the_recorded_settings(

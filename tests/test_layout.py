@@ -21,6 +21,7 @@ LAYERS = [
     "pipelines.tracking",
     "pipelines.ops",
     "pipelines.stages",
+    "pipelines.commands",
     "pipelines.cli",
 ]
 

@@ -16,6 +16,7 @@ import urllib.request
 import pytest
 
 from pipelines import cli
+from pipelines.commands import serve as serve_command
 from pipelines.core.errors import EXIT_USER_ERROR, PipelineError
 from pipelines.tracking import registry, runs
 from tests.exported_model import make_exported_folder
@@ -126,7 +127,7 @@ def test_a_request_without_rows_is_refused_with_mlflow_message(served):
 def test_serve_runs_mlflow_models_serve_locally_on_the_project_store(store):
     args = cli.build_parser().parse_args(["serve", "--model", CHAMPION_URI])
     assert (args.host, args.port, args.workers) == ("127.0.0.1", 5001, 1)
-    command, env = cli.serve_command(args.model, args.host, args.port, args.workers)
+    command, env = serve_command.serve_command(args.model, args.host, args.port, args.workers)
     assert command[1:5] == ["-m", "mlflow", "models", "serve"]
     assert command[command.index("--model-uri") + 1] == CHAMPION_URI
     assert command[command.index("--env-manager") + 1] == "local"  # no virtualenv, no network
@@ -154,10 +155,10 @@ def test_an_unknown_model_is_a_one_line_error_naming_it(store, capsys, model, me
 def test_serve_without_a_store_does_not_create_one(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     with pytest.raises(PipelineError, match=f"^{CHAMPION_URI}: no MLflow store at "):
-        cli.serve_command(CHAMPION_URI, "127.0.0.1", 5001, 1)
+        serve_command.serve_command(CHAMPION_URI, "127.0.0.1", 5001, 1)
     assert not (tmp_path / "mlruns").exists()
     with pytest.raises(PipelineError, match="--workers: must be >= 1"):
-        cli.serve_command(CHAMPION_URI, "127.0.0.1", 5001, 0)
+        serve_command.serve_command(CHAMPION_URI, "127.0.0.1", 5001, 0)
 
 
 def test_a_model_that_is_not_a_translator_is_refused(tmp_path):

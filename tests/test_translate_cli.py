@@ -16,6 +16,7 @@ import sys
 import pytest
 
 from pipelines import cli
+from pipelines.commands import ui as ui_command
 from pipelines.core.errors import EXIT_USER_ERROR, PipelineError
 from pipelines.inference import streaming
 from tests.pipeline_helpers import SHARED, project_env, trained
@@ -121,7 +122,7 @@ def test_ui_binds_loopback_by_default_and_disables_job_workers(tmp_path, monkeyp
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
     args = cli.build_parser().parse_args(["ui"])
     assert args.host == "127.0.0.1"
-    command, env = cli.ui_command(args.host, args.port)
+    command, env = ui_command.ui_command(args.host, args.port)
     assert command[command.index("--host") + 1] == "127.0.0.1"
     assert command[command.index("--backend-store-uri") + 1] == f"sqlite:///{store}"
     assert command[command.index("--workers") + 1] == "1"
@@ -131,7 +132,7 @@ def test_ui_binds_loopback_by_default_and_disables_job_workers(tmp_path, monkeyp
 def test_ui_refuses_to_start_on_a_missing_store(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     with pytest.raises(PipelineError, match="no MLflow store"):
-        cli.ui_command("127.0.0.1", 5000)
+        ui_command.ui_command("127.0.0.1", 5000)
 
 
 # --- the real command, as a subprocess, on the tiny pipeline's models -------------------------

@@ -91,9 +91,8 @@ def train(
     use_cudnn_attention(params.train.cudnn_attention)
     tokenizers = Tokenizers.load(paths.tokenized)
     ckpt_dir = paths.checkpoints / run.name
-    resume_hint = f"`dvc repro` (or this command) resumes from {ckpt_dir / 'last.ckpt'}"
     if launch_rank() != 0:  # a rank whose launcher died stops instead of waiting in a collective
-        watch_parent(launch_rank(), resume_hint)
+        watch_parent(launch_rank(), resume_hint(ckpt_dir))
     key = fingerprint(params, run, paths.tokenized)
     client = runs.connect()  # fails fast, before any training, if the server does not answer
     run_id = parent_id = None
@@ -119,20 +118,8 @@ def train(
     global_batch = global_batch_tokens(params, trainer)
     if trainer.is_global_zero and resume_from is None:
         log_training_shape(client, run_id, global_batch, trainer.world_size, module.model)
-    try:
-        data = data_module(params, paths, run.seed, accumulate)
-        trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=True)
-    except DivergenceError as err:
-        raise PipelineError(
-            f"{run.name}: {err}; the last good checkpoint is kept in {ckpt_dir}"
-        ) from err
-    except Exception as err:
-        if trainer.world_size > 1 and peer_lost(err):
-            raise PipelineError(
-                f"{run.name}: rank {trainer.global_rank}: another rank stopped during training "
-                f"({first_line(err)}); {resume_hint}"
-            ) from err
-        raise
+    data = data_module(params, paths, run.seed, accumulate)
+    fit(trainer, module, data, resume_from, run, ckpt_dir)
     if not trainer.is_global_zero:
         return {}
     if monitor.rows:  # a run resumed at its very end validates no more: DVC removed the curve
@@ -146,6 +133,36 @@ def train(
     atomic_write_json(paths.artifacts / run.name / "training.json", summary)
     finish_training_run(client, run_id, summary, history, params.data.validation_split)
     return summary
+
+
+def resume_hint(ckpt_dir: Path) -> str:
+    """What a user does after a run stopped mid-way."""
+    return f"`dvc repro` (or this command) resumes from {ckpt_dir / 'last.ckpt'}"
+
+
+def fit(
+    trainer: pl.Trainer,
+    module: TranslationModule,
+    data: TranslationDataModule,
+    resume_from: str | None,
+    run: ModelRun,
+    ckpt_dir: Path,
+) -> None:
+    """``trainer.fit``, with the failures a user acts on as one line: divergence (the last good
+    checkpoint is kept) and another rank lost mid-run (resume)."""
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=True)
+    except DivergenceError as err:
+        raise PipelineError(
+            f"{run.name}: {err}; the last good checkpoint is kept in {ckpt_dir}"
+        ) from err
+    except Exception as err:
+        if trainer.world_size > 1 and peer_lost(err):
+            raise PipelineError(
+                f"{run.name}: rank {trainer.global_rank}: another rank stopped during training "
+                f"({first_line(err)}); {resume_hint(ckpt_dir)}"
+            ) from err
+        raise
 
 
 def data_module(
