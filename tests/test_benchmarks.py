@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 
 from tests.pipeline_helpers import REPO, SHARED, TRANSFORMER, trained, write_params
 
@@ -331,3 +332,37 @@ def test_profiled_kernels_fall_in_the_category_their_name_says(kernel, category)
     from benchmarks.measure import kernel_category
 
     assert kernel_category(kernel) == category
+
+
+def test_study_parts_lays_out_a_comparison_s_runs_and_merges_the_report(tmp_path):
+    """`benchmarks.study_parts`: a runs.json's histories become logs/<run>/history.csv for the
+    part that reads them, and `merge` writes one report from the pickled parts."""
+    runs = {
+        "runs": {
+            f"{arch}-1234": {
+                "test": {"test_2016_flickr": {"bleu": 1.0}},
+                "history": "epoch,step,train_seconds,val_bleu\n0,10,5.0,1.5\n1,20,10.0,2.5\n",
+            }
+            for arch in ("transformer", "lstm_additive")
+        }
+    }
+    (tmp_path / "runs.json").write_text(json.dumps(runs))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["study"].update(parts=["efficiency"], bleu_levels=[1.0, 2.0])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "benchmarks.study_parts"]
+    common = ["--params", str(tmp_path / "params.yaml"), "--out", str(out)]
+    subprocess.run(
+        [*command, "run", "--parts", "efficiency", *common, "--runs", str(tmp_path / "runs.json")],
+        cwd=REPO, check=True, capture_output=True,
+    )  # fmt: skip
+    report = out / "study.md"
+    subprocess.run(
+        [*command, "merge", "--out", str(out), "--report", str(report)],
+        cwd=REPO, check=True, capture_output=True,
+    )  # fmt: skip
+    text = report.read_text(encoding="utf-8")
+    assert "parts: efficiency." in text and "## 5. Training efficiency" in text
+    assert "| transformer-1234 | transformer | 5 s, step 10 | 10 s, step 20 |" in text
+    assert "part `cost` off" in text
