@@ -48,7 +48,7 @@ class TranslationModule(pl.LightningModule):
         self._resume_rng: list[dict[str, Tensor]] | None = None
         self._val_outputs: list[IndexedTokens] = []
         self._val_sums: Tensor | None = None
-        # Set by CudaGraphsCallback during fit on one CUDA device.
+        # Set by CudaGraphsCallback during fit on CUDA devices (under DDP too).
         self.step_graphs: StepGraphs | None = None
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
