@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch.distributed as dist
@@ -81,7 +82,12 @@ def test_ddp_rank_killed_mid_epoch_fails_the_run_in_seconds_and_resumes(tmp_path
         time.sleep(0.2)
     children = subprocess.run(["pgrep", "-P", str(run.pid)], capture_output=True, text=True)
     assert last.exists() and run.poll() is None, "the run ended before a checkpoint to kill at"
-    rank_1 = int(children.stdout.split()[0])  # Lightning's launcher started rank 1
+    ranks = [  # the process Lightning's launcher started for rank 1 (not a loader worker)
+        pid
+        for pid in children.stdout.split()
+        if b"pipelines.stages.train" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    rank_1 = int(ranks[0])
     subprocess.run(["kill", "-9", str(rank_1)], check=True)
     started = time.monotonic()
     _, stderr = run.communicate(timeout=120)
