@@ -4,7 +4,10 @@ DDP's reduction switched off and nothing in its place (`none`), or, on two GPUs,
 pipeline's CUDA graphs callback (`graphs`: replayed steps, one flat all-reduce). Every rank saves
 its final weights and the number of flat reductions to ``<out>/<mode>-rank<r>.pt``.
 
-    python -m tests.ddp_flat_sync_run <out> <ddp|flat|none|graphs> [cpu|gpu]
+    python -m tests.ddp_flat_sync_run <out> <ddp|flat|none|graphs> [cpu|gpu] [accumulate]
+
+With `accumulate` > 1, gradients of that many batches are summed before each optimizer step
+(Lightning runs DDP's backward under no_sync for all but the last): one reduction per step.
 """
 
 from __future__ import annotations
@@ -62,11 +65,12 @@ class _SaveWeights(pl.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
         reductions = self.sync.reductions if self.sync else 0
-        path = self.out / f"{self.mode}-rank{trainer.global_rank}.pt"
+        name = f"{self.mode}-{trainer.accumulate_grad_batches}-rank{trainer.global_rank}.pt"
+        path = self.out / name
         torch.save({"state": state, "reductions": reductions}, path)
 
 
-def main(out: Path, mode: str, accelerator: str) -> None:
+def main(out: Path, mode: str, accelerator: str, accumulate: int) -> None:
     pl.seed_everything(7, workers=True)
     generator = torch.Generator().manual_seed(3)
     inputs = torch.randn(256, 6, generator=generator)
@@ -83,6 +87,7 @@ def main(out: Path, mode: str, accelerator: str) -> None:
         devices=2,
         strategy="ddp",
         max_steps=STEPS,
+        accumulate_grad_batches=accumulate,
         gradient_clip_val=0.05,  # clipping is active: it must see the averaged gradients
         callbacks=callbacks,
         logger=False,
@@ -95,4 +100,5 @@ def main(out: Path, mode: str, accelerator: str) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "cpu")
+    accelerator = sys.argv[3] if len(sys.argv) > 3 else "cpu"
+    main(Path(sys.argv[1]), sys.argv[2], accelerator, int(sys.argv[4]) if len(sys.argv) > 4 else 1)

@@ -17,9 +17,10 @@ from tests.pipeline_helpers import REPO, project_env
 TOLERANCE = 1e-5
 
 
-def _train(out, mode: str, accelerator: str = "cpu") -> list[dict]:
+def _train(out, mode: str, accelerator: str = "cpu", accumulate: int = 1) -> list[dict]:
+    script = [sys.executable, "-m", "tests.ddp_flat_sync_run"]
     done = subprocess.run(
-        [sys.executable, "-m", "tests.ddp_flat_sync_run", str(out), mode, accelerator],
+        [*script, str(out), mode, accelerator, str(accumulate)],
         cwd=REPO,
         env=project_env(REPO),
         capture_output=True,
@@ -27,13 +28,17 @@ def _train(out, mode: str, accelerator: str = "cpu") -> list[dict]:
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    return [torch.load(out / f"{mode}-rank{rank}.pt", weights_only=True) for rank in (0, 1)]
+    return [
+        torch.load(out / f"{mode}-{accumulate}-rank{rank}.pt", weights_only=True) for rank in (0, 1)
+    ]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("flat_sync")
-    return {mode: _train(out, mode) for mode in ("ddp", "flat", "none")}
+    runs = {mode: _train(out, mode) for mode in ("ddp", "flat", "none")}
+    runs |= {f"{mode}+accumulate": _train(out, mode, accumulate=2) for mode in ("ddp", "flat")}
+    return runs
 
 
 def _max_difference(a: dict, b: dict) -> float:
@@ -47,6 +52,18 @@ def test_flat_all_reduce_trains_as_ddp_does(trained):
     from tests.ddp_flat_sync_run import STEPS
 
     assert flat[0]["reductions"] == flat[1]["reductions"] == STEPS  # one all-reduce per step
+
+
+def test_with_accumulation_the_flat_all_reduce_runs_once_per_optimizer_step(trained):
+    """Two batches per step: DDP reduces on the last (Lightning runs the first under no_sync),
+    the flat buffer after both; the same sums, one reduction per optimizer step."""
+    ddp, flat = trained["ddp+accumulate"], trained["flat+accumulate"]
+    assert _max_difference(flat[0]["state"], flat[1]["state"]) == 0.0
+    assert _max_difference(flat[0]["state"], ddp[0]["state"]) <= TOLERANCE
+    assert _max_difference(flat[0]["state"], trained["flat"][0]["state"]) > 1e-3  # it accumulated
+    from tests.ddp_flat_sync_run import STEPS
+
+    assert flat[0]["reductions"] == STEPS
 
 
 def test_without_a_reduction_the_ranks_drift_apart(trained):
