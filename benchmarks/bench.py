@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.jobs import Job
+from benchmarks.jobs import JOB_FORMAT, Job
 
 log = logging.getLogger("nmt.bench")
 
@@ -94,8 +94,7 @@ def add_throughput_parser(sub: argparse._SubParsersAction) -> None:
     tp.add_argument(
         "--job",
         type=job_spec,
-        help="ARCH,ours|marian,eager|compiled|graphed,copies|casts: measure only this (as "
-        "--isolate does)",
+        help=f"{JOB_FORMAT}: measure only this (as --isolate does)",
     )
     tp.add_argument("--max-seconds", type=float, default=400, help="skip jobs after this")
     tp.add_argument("--device", default=DEVICE)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+MODES = ("eager", "compiled", "graphed", "compiled+graphed")
+JOB_FORMAT = f"ARCH,ours|marian,{'|'.join(MODES)},copies|casts"
+
 
 @dataclass(frozen=True)
 class Job:
-    """One model to measure: our `arch` or Marian mirroring it, eager, compiled or (ours) with
-    CUDA graphs of its loss (`graphed`); our eager model with bf16 weight copies kept between
-    steps (`copies`) or autocast's per-call casts."""
+    """One model to measure: our `arch` or Marian mirroring it, eager or compiled, and (ours)
+    with CUDA graphs of its loss (`graphed`, compiled or not); our eager model with bf16 weight
+    copies kept between steps (`copies`) or autocast's per-call casts."""
 
     arch: str
     kind: str  # "ours" | "marian"
@@ -19,19 +22,18 @@ class Job:
     graphed: bool = False
 
     def spec(self) -> str:
-        mode = "compiled" if self.compiled else "graphed" if self.graphed else "eager"
-        return f"{self.arch},{self.kind},{mode},{'copies' if self.copies else 'casts'}"
+        modes = (("compiled", self.compiled), ("graphed", self.graphed))
+        mode = "+".join(name for name, on in modes if on)
+        return f"{self.arch},{self.kind},{mode or 'eager'},{'copies' if self.copies else 'casts'}"
 
     @classmethod
     def parse(cls, spec: str) -> Job:
         parts = spec.split(",")
-        choices = (("ours", "marian"), ("eager", "compiled", "graphed"), ("copies", "casts"))
+        choices = (("ours", "marian"), MODES, ("copies", "casts"))
         if len(parts) != 4 or any(p not in c for p, c in zip(parts[1:], choices, strict=True)):
-            raise ValueError(
-                f"bad --job {spec!r}: ARCH,ours|marian,eager|compiled|graphed,copies|casts"
-            )
+            raise ValueError(f"bad --job {spec!r}: {JOB_FORMAT}")
         arch, kind, mode, weights = parts
-        return cls(arch, kind, mode == "compiled", weights == "copies", mode == "graphed")
+        return cls(arch, kind, "compiled" in mode, weights == "copies", "graphed" in mode)
 
 
 def planned_jobs(
@@ -39,7 +41,7 @@ def planned_jobs(
 ) -> list[tuple[int, Job]]:
     """(round, job) in measuring order: the models that are not compiled round by round (ours in
     each requested variant, Marian, ours, Marian, ...), so that a drift of the machine shows as a
-    spread between rounds; then the compiled ones, once."""
+    spread between rounds; then the compiled ones, once (ours with CUDA graphs if they are on)."""
     eager = []
     for arch in archs:
         eager += [Job(arch, "ours", graphed=True)] if True in graphs else []
@@ -47,7 +49,8 @@ def planned_jobs(
     if args.marian:
         eager.append(Job(args.marian, "marian"))
     jobs = [(round_, job) for round_ in range(args.rounds) for job in eager]
-    jobs += [(0, Job(arch, "ours", compiled=True)) for arch in args.compile or []]
+    graphed = True in graphs
+    jobs += [(0, Job(arch, "ours", compiled=True, graphed=graphed)) for arch in args.compile or []]
     if args.marian and args.compile_marian:
         jobs.append((0, Job(args.marian, "marian", compiled=True)))
     return jobs

@@ -43,11 +43,10 @@ def metric_label(run: dict[str, Any]) -> str:
 
 
 def speedup_key(ours: dict[str, Any], marian: dict[str, Any]) -> str:
-    """'ours_<mode>_vs_marian_<mode>': eager, compiled or cuda_graphs, and eager without bf16
-    weight copies."""
-    mode = "compiled" if ours["compiled"] else "eager"
-    mode = "cuda_graphs" if ours.get("cuda_graphs") else mode
-    mode += "_without_weight_copies" if without_weight_copies(ours) else ""
+    """'ours_<mode>_vs_marian_<mode>': eager, compiled, cuda_graphs or compiled_cuda_graphs, and
+    eager without bf16 weight copies."""
+    parts = [m for m in ("compiled", "cuda_graphs") if ours.get(m)] or ["eager"]
+    mode = "_".join(parts) + ("_without_weight_copies" if without_weight_copies(ours) else "")
     marian_mode = "compiled" if marian["compiled"] else "eager"
     return f"ours_{mode}_vs_marian_{marian_mode}"
 

@@ -79,13 +79,15 @@ def build_subject(setup: Setup, job: Job) -> Subject:
             ).logits
 
         name = f"marian({job.arch})"
-    if job.compiled:
+    if job.compiled and job.kind == "ours":
+        model.compile_for_training(dynamic=True)  # as train.compile does
+    elif job.compiled:
         model.compile(dynamic=True)
-    ours_eager = job.kind == "ours" and not job.compiled
+    ours = job.kind == "ours"
     return Subject(
         name, model, forward, arch_params.optim, job.compiled,
-        low_precision_weights=job.copies and ours_eager,
-        cuda_graphs=job.graphed and ours_eager and model.graph_safe,
+        low_precision_weights=job.copies and ours and not job.compiled,
+        cuda_graphs=job.graphed and ours and model.graph_safe,
         memory_baseline=memory_baseline,
     )  # fmt: skip
 

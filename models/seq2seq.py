@@ -81,6 +81,15 @@ class Seq2Seq(nn.Module, ABC):
     def cross_attention(self, src: Tensor, tgt_in: Tensor) -> Tensor | None:
         """src [1, S], tgt_in [1, T] -> source attention [heads, T, S] for plots, or None."""
 
+    def compile_for_training(self, **options: Any) -> None:
+        """Compile the model for training with ``torch.compile`` (`options` are its keywords).
+
+        Here the whole model, in place (``nn.Module.compile``): parameter names, and so
+        checkpoints and exports, stay as they were. Models with repeated layers compile those
+        regions instead.
+        """
+        self.compile(**options)
+
     def num_parameters(self) -> int:
         """Trainable and frozen parameters, each shared (tied) matrix counted once."""
         return sum(p.numel() for p in self.parameters())

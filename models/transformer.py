@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -178,6 +180,28 @@ class TransformerSeq2Seq(Seq2Seq):
         pre_norm = config.norm == "pre"
         self.encoder_norm = nn.LayerNorm(config.d_model) if pre_norm else nn.Identity()
         self.decoder_norm = nn.LayerNorm(config.d_model) if pre_norm else nn.Identity()
+        # Compiled wrappers of the layers for teacher-forced training (compile_for_training);
+        # a plain tuple, so they are no submodules and the state dict keeps its names.
+        self._compiled_layers: tuple[list[nn.Module], list[nn.Module]] | None = None
+
+    def compile_for_training(self, **options: Any) -> None:
+        """Compile each encoder and decoder layer (regional compilation: the layers of a stack
+        share one compiled graph), used only in training mode with gradients on, dynamic in the
+        batch shapes by default. Inductor fuses a layer's element-wise work (residual, dropout,
+        LayerNorm, casts) around the matrix products and attention; evaluation, validation and
+        decoding with key/value caches keep the eager layers.
+        """
+        options.setdefault("dynamic", True)
+        self._compiled_layers = (
+            [torch.compile(layer, **options) for layer in self.encoder_layers],
+            [torch.compile(layer, **options) for layer in self.decoder_layers],
+        )
+
+    def _layers(self, side: int) -> Sequence[nn.Module]:
+        """The encoder (0) or decoder (1) layers to run: compiled ones when training with them."""
+        if self._compiled_layers is not None and self.training and torch.is_grad_enabled():
+            return self._compiled_layers[side]
+        return (self.encoder_layers, self.decoder_layers)[side]
 
     def _embed(self, embedding: nn.Module, tokens: Tensor, offset: int = 0) -> Tensor:
         return self.embedding_dropout(self.positional(embedding(tokens), offset=offset))
@@ -185,7 +209,7 @@ class TransformerSeq2Seq(Seq2Seq):
     def encode(self, src: Tensor) -> EncoderOutput:
         src_pad_mask = src == PAD_ID  # [B, S]
         x = self._embed(self.src_embedding, src)  # [B, S, D]
-        for layer in self.encoder_layers:
+        for layer in self._layers(0):
             x = layer(x, src_pad_mask)
         return EncoderOutput(memory=self.encoder_norm(x), src_pad_mask=src_pad_mask)
 
@@ -195,7 +219,7 @@ class TransformerSeq2Seq(Seq2Seq):
         """-> logits [B, T, V] and the last layer's cross-attention [B, H, T, S] if asked for."""
         x = self._embed(self.tgt_embedding, tgt_in)  # [B, T, D]
         last = len(self.decoder_layers) - 1
-        for i, layer in enumerate(self.decoder_layers):
+        for i, layer in enumerate(self._layers(1)):
             x, weights = layer(
                 x,
                 encoder_out.memory,

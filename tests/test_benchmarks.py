@@ -250,11 +250,20 @@ def test_a_spent_time_budget_skips_the_remaining_jobs(tiny_pipeline, tmp_path):
     assert row(table, "transformer (round 2)") == "time budget"
 
 
+@pytest.mark.parametrize(("compiled", "graphed"), [(False, False), (True, False), (False, True),
+                                                   (True, True)])  # fmt: skip
+def test_a_job_spec_round_trips(compiled, graphed):
+    from benchmarks.jobs import Job
+
+    job = Job("transformer_base", "ours", compiled=compiled, copies=not graphed, graphed=graphed)
+    assert Job.parse(job.spec()) == job
+
+
 def test_a_malformed_job_spec_is_refused(tmp_path):
     done = bench("throughput", "--job", "x,ours,fast,casts", "--out", str(tmp_path / "o.json"),
                  check=False)  # fmt: skip
     assert done.returncode == 2
-    assert "ARCH,ours|marian,eager|compiled|graphed,copies|casts" in done.stderr
+    assert "ARCH,ours|marian,eager|compiled|graphed|compiled+graphed,copies|casts" in done.stderr
     assert not (tmp_path / "o.json").exists()
 
 
@@ -302,9 +311,9 @@ def test_graphed_and_compiled_runs_have_their_own_speedups(
     assert set(result["speedup_vs_marian"]) == {
         "ours_cuda_graphs_vs_marian_eager",
         "ours_eager_vs_marian_eager",
-        "ours_compiled_vs_marian_eager",
+        "ours_compiled_cuda_graphs_vs_marian_eager",
     }
-    assert row(table, "transformer +graphs") and row(table, "transformer +compile")
+    assert row(table, "transformer +graphs") and row(table, "transformer +compile +graphs")
     assert all("profile" in run for run in result["runs"])  # one round: each model profiled
 
 

@@ -108,7 +108,7 @@ def train(
         log.info("%s: %s", run.name, start)
         client.set_tag(run_id, "train.start", start)
     if params.train.compile:  # in place: state-dict keys stay unprefixed for export and resume
-        module.model.compile()
+        module.model.compile_for_training()
     accumulate = accumulation(params.train, world_size(params))
     logger = MLFlowLogger(params.experiment_name, tracking_uri=runs.tracking_uri(), run_id=run_id)
     history = paths.logs / run.name / "history.csv"

@@ -98,7 +98,6 @@ class StepGraphs:
         self._pool = torch.cuda.graph_pool_handle()
         self._stream = torch.cuda.Stream(self.device)
         self._gradients: list[Tensor] = []
-        self._warmed_up = False
         self._anchor = torch.empty(0, device=self.device, requires_grad=True)
 
     def __call__(self, *inputs: Tensor) -> tuple[Tensor, ...]:
@@ -146,8 +145,9 @@ class StepGraphs:
         autocast = _autocast_without_cache(self.device)
         self._stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self._stream):
-            if not self._warmed_up:  # lazy per-stream set-up (cuBLAS workspaces) before capture
-                self._warm_up(static_inputs, autocast)
+            # Before each capture: lazy per-stream set-up (cuBLAS workspaces), and a compiled
+            # model's compilation for these shapes, which must not happen inside a capture.
+            self._warm_up(static_inputs, autocast)
             forward = torch.cuda.CUDAGraph()
             with _capturing(forward, self._pool), autocast:
                 outputs = self.loss_function(*static_inputs)
@@ -177,7 +177,6 @@ class StepGraphs:
             loss = self.loss_function(*inputs)[0]
         torch.autograd.grad(loss, self.parameters, allow_unused=True)
         torch.cuda.set_rng_state(rng, self.device)
-        self._warmed_up = True
 
 
 class _capturing:

@@ -110,8 +110,8 @@ def build_trainer(
         folder = checkpoints / "epochs"
         count, of = params.train.checkpoint_average, params.train.checkpoint_average_of
         callbacks.append(epoch_checkpoint_callback(folder, count, of, MONITOR))
-    if params.train.cuda_graphs and not params.train.compile:
-        callbacks.append(CudaGraphsCallback())  # CUDA devices; DDP: one flat all-reduce
+    if params.train.cuda_graphs:
+        callbacks.append(CudaGraphsCallback())  # CUDA devices (compiled too); DDP: one all-reduce
     if params.train.low_precision_weights and not params.train.compile:
         callbacks.append(LowPrecisionWeightsCallback())  # bf16-mixed, one device, no CUDA graphs
     if logger is not None:  # the schedule's rate per step, as train/lr (a curve in MLflow)
