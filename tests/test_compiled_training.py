@@ -113,37 +113,41 @@ def test_compiled_graphed_step_stays_within_bf16_rounding_of_the_eager_step():
     assert cosine > 0.999
 
 
+def _train_with_dropout(compiled: bool) -> list[float]:
+    """The loss of every step: the same 3 x 3 batches four times, bf16, dropout on."""
+    torch.manual_seed(0)
+    model = build_model(TRANSFORMER, VOCAB).cuda().train()
+    parameters = list(model.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=1e-2, fused=True)
+    graphs = None
+    if compiled:
+        model.compile_for_training()
+        for p in parameters:
+            p.grad = torch.zeros_like(p)
+        graphs = StepGraphs(_loss_of(model), parameters)
+    losses = []
+    for _ in range(4):
+        for batch in _epochs(3):
+            batch = {k: v.cuda() for k, v in batch.items()}
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss, _ = (graphs or _loss_of(model))(
+                    batch["src"], batch["tgt_in"], batch["tgt_out"]
+                )
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=graphs is None)
+            losses.append(loss.item())
+    return losses
+
+
 @pytest.mark.gpu
 @requires_cuda
 def test_compiled_graphed_training_learns_as_the_eager_training():
     """Dropout on: compiled dropout draws other masks, so the losses follow the eager curve
-    without equalling it."""
-    finals = []
-    for compiled in (False, True):
-        torch.manual_seed(0)
-        model = build_model(TRANSFORMER, VOCAB).cuda().train()
-        parameters = list(model.parameters())
-        optimizer = torch.optim.AdamW(parameters, lr=1e-2, fused=True)
-        if compiled:
-            model.compile_for_training()
-        loss_function = _loss_of(model)
-        graphs = None
-        if compiled:
-            for p in parameters:
-                p.grad = torch.zeros_like(p)
-            graphs = StepGraphs(loss_function, parameters)
-        losses = []
-        for _ in range(4):  # the same 3 x 3 batches four times: the loss must fall
-            for batch in _epochs(3):
-                batch = {k: v.cuda() for k, v in batch.items()}
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    loss, _ = (graphs or loss_function)(
-                        batch["src"], batch["tgt_in"], batch["tgt_out"]
-                    )
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=graphs is None)
-                losses.append(loss.item())
-        assert losses[-1] < 0.8 * losses[0]
-        finals.append(sum(losses[-9:]) / 9)
-    assert finals[1] == pytest.approx(finals[0], rel=0.1)
+    without equalling it. Means over the 9 batches of a pass, first pass against last."""
+    curves = {compiled: _train_with_dropout(compiled) for compiled in (False, True)}
+    first = {c: sum(losses[:9]) / 9 for c, losses in curves.items()}
+    last = {c: sum(losses[-9:]) / 9 for c, losses in curves.items()}
+    assert last[False] < 0.9 * first[False], curves[False]
+    assert first[True] == pytest.approx(first[False], rel=0.05), curves
+    assert last[True] == pytest.approx(last[False], rel=0.1), curves

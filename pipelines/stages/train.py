@@ -59,14 +59,15 @@ log = logging.getLogger("nmt.train")
 def build_module(
     run: ModelRun, params: Params, paths: ProjectPaths, tokenizers: Tokenizers, run_id: str | None
 ) -> TranslationModule:
-    """The LightningModule of `run`, scoring validation BLEU on the prepared validation split."""
+    """The LightningModule of `run`, scoring validation BLEU on the prepared validation split,
+    its model compiled for training if ``train.compile`` says so."""
     validation = ValidationBleu(
         detokenize=tokenizers.decode_tgt,
         references=read_references(paths.prepared, params.data.validation_split),
         tgt_lang=params.data.tgt_lang,
         max_len_margin=params.train.val_max_len_margin,
     )
-    return TranslationModule(
+    module = TranslationModule(
         model_config=params.arch(run.arch).model,
         optim=asdict(params.arch(run.arch).optim),
         src_vocab_size=tokenizers.src_vocab_size,
@@ -76,6 +77,9 @@ def build_module(
         validation_bleu=validation,
         checkpoint_extras={"run_id": run_id},
     )
+    if params.train.compile:  # in place: state-dict keys stay unprefixed for export and resume
+        module.model.compile_for_training()
+    return module
 
 
 def train(
@@ -107,8 +111,6 @@ def train(
         start = warm_start(module.model, init_from, tokenizers, params.arch(run.arch).model)
         log.info("%s: %s", run.name, start)
         client.set_tag(run_id, "train.start", start)
-    if params.train.compile:  # in place: state-dict keys stay unprefixed for export and resume
-        module.model.compile_for_training()
     accumulate = accumulation(params.train, world_size(params))
     logger = MLFlowLogger(params.experiment_name, tracking_uri=runs.tracking_uri(), run_id=run_id)
     history = paths.logs / run.name / "history.csv"
