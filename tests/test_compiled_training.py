@@ -148,6 +148,7 @@ def test_compiled_graphed_training_learns_as_the_eager_training():
     curves = {compiled: _train_with_dropout(compiled) for compiled in (False, True)}
     first = {c: sum(losses[:9]) / 9 for c, losses in curves.items()}
     last = {c: sum(losses[-9:]) / 9 for c, losses in curves.items()}
-    assert last[False] < 0.9 * first[False], curves[False]
+    for compiled in (False, True):  # 36 steps of a tiny model: the loss falls by a few %
+        assert last[compiled] < 0.97 * first[compiled], curves[compiled]
     assert first[True] == pytest.approx(first[False], rel=0.05), curves
     assert last[True] == pytest.approx(last[False], rel=0.1), curves
