@@ -3,13 +3,18 @@ alone and under CUDA graphs, against the eager arithmetic (``gpu`` tests skip wi
 
 from __future__ import annotations
 
+from dataclasses import replace
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 from models import build_model
+from models.transformer import TransformerSeq2Seq
 from pipelines.training.cuda_graphs import StepGraphs
 from pipelines.training.loss import token_mean_loss
 from tests.models.conftest import TINY_TRANSFORMER
+from tests.pipeline_helpers import REPO
 from tests.test_cuda_graphs import SHAPES, TRANSFORMER, VOCAB, _batch, _epochs
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -152,3 +157,22 @@ def test_compiled_graphed_training_learns_as_the_eager_training():
         assert last[compiled] < 0.97 * first[compiled], curves[compiled]
     assert first[True] == pytest.approx(first[False], rel=0.05), curves
     assert last[True] == pytest.approx(last[False], rel=0.1), curves
+
+
+def test_the_train_stage_builds_a_compiled_model_when_train_compile_is_set(monkeypatch):
+    import pipelines.stages.train as stage
+    from pipelines.core.params import load_params
+    from pipelines.core.paths import PATHS
+
+    monkeypatch.setattr(stage, "read_references", lambda *args: [])  # no prepared data needed
+    compiled = []
+    monkeypatch.setattr(
+        TransformerSeq2Seq, "compile_for_training", lambda self, **options: compiled.append(self)
+    )
+    params = load_params(REPO / "params.yaml")
+    tokenizers = SimpleNamespace(decode_tgt=str, src_vocab_size=VOCAB, tgt_vocab_size=VOCAB)
+    for flag in (False, True):
+        flagged = replace(params, train=replace(params.train, compile=flag))
+        run = flagged.model_run("transformer", None)
+        module = stage.build_module(run, flagged, PATHS, tokenizers, None)
+    assert compiled == [module.model]  # once, for the run with train.compile: true
