@@ -69,7 +69,9 @@ class TranslationModule(pl.LightningModule):
                 "(train.gradient_clip_val)"
             )
         batch_size = batch["src"].size(0)
-        self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=batch_size)
+        # Not prog_bar: Lightning would turn it into a number (a sync) every step; the train
+        # stage's bar reads it every log_every_n_steps (pipelines.training.progress).
+        self.log("train/loss", loss, on_step=True, batch_size=batch_size)
         self.log("train/nll", nll, on_step=True, batch_size=batch_size)
         return loss
 

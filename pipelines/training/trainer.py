@@ -17,6 +17,7 @@ from pipelines.training.budget import TrainingBudget
 from pipelines.training.callbacks import AtomicCheckpointIO, InEpochCheckpoint, TrainingMonitor
 from pipelines.training.cuda_graphs import CudaGraphsCallback
 from pipelines.training.low_precision import LowPrecisionWeightsCallback
+from pipelines.training.progress import training_progress_bar
 
 MONITOR = "val/bleu"
 
@@ -96,6 +97,8 @@ def build_trainer(
         save_on_train_epoch_end=False,
     )
     callbacks: list[pl.Callback] = [monitor, budget, checkpoint, last]
+    # The bar reads the logged loss (a host-device sync) only when the logger does.
+    callbacks.append(training_progress_bar(params.train.log_every_n_steps))
     if params.train.checkpoint_every_n_steps:  # also refresh last.ckpt inside long epochs
         callbacks.append(
             InEpochCheckpoint(
