@@ -53,7 +53,12 @@ def add_throughput_parser(sub: argparse._SubParsersAction) -> None:
     tp.add_argument("--tokenized", type=Path, default=Path("data/tokenized"))
     tp.add_argument("--archs", nargs="*", help="entries of `models` (default: all)")
     tp.add_argument("--marian", default="transformer_base", help="arch Marian mirrors ('' off)")
-    tp.add_argument("--compile", nargs="*", help="archs also measured with torch.compile")
+    tp.add_argument(
+        "--compile",
+        nargs="*",
+        help="archs also measured compiled, in every round (ours: its layers, as train.compile "
+        "does, under CUDA graphs when those are on)",
+    )
     tp.add_argument("--compile-marian", action="store_true")
     tp.add_argument("--batch-tokens", type=int, default=0, help="default: train.batch_tokens")
     tp.add_argument("--warmup", type=int, default=10)

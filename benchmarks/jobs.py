@@ -39,18 +39,18 @@ class Job:
 def planned_jobs(
     args: argparse.Namespace, archs: list[str], copies: list[bool], graphs: list[bool]
 ) -> list[tuple[int, Job]]:
-    """(round, job) in measuring order: the models that are not compiled round by round (ours in
-    each requested variant, Marian, ours, Marian, ...), so that a drift of the machine shows as a
-    spread between rounds; then the compiled ones, once (ours with CUDA graphs if they are on)."""
-    eager = []
+    """(round, job) in measuring order, round by round: ours in each requested variant, ours
+    compiled (with CUDA graphs if they are on), then Marian; so that a drift of the machine shows
+    as a spread between rounds. Marian compiled comes last, once (its compilation is slow)."""
+    per_round = []
     for arch in archs:
-        eager += [Job(arch, "ours", graphed=True)] if True in graphs else []
-        eager += [Job(arch, "ours", copies=c) for c in copies] if False in graphs else []
-    if args.marian:
-        eager.append(Job(args.marian, "marian"))
-    jobs = [(round_, job) for round_ in range(args.rounds) for job in eager]
+        per_round += [Job(arch, "ours", graphed=True)] if True in graphs else []
+        per_round += [Job(arch, "ours", copies=c) for c in copies] if False in graphs else []
     graphed = True in graphs
-    jobs += [(0, Job(arch, "ours", compiled=True, graphed=graphed)) for arch in args.compile or []]
+    per_round += [Job(arch, "ours", compiled=True, graphed=graphed) for arch in args.compile or []]
+    if args.marian:
+        per_round.append(Job(args.marian, "marian"))
+    jobs = [(round_, job) for round_ in range(args.rounds) for job in per_round]
     if args.marian and args.compile_marian:
         jobs.append((0, Job(args.marian, "marian", compiled=True)))
     return jobs

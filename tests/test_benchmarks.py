@@ -259,6 +259,25 @@ def test_a_job_spec_round_trips(compiled, graphed):
     assert Job.parse(job.spec()) == job
 
 
+def test_compiled_jobs_are_measured_in_every_round_beside_the_others():
+    from argparse import Namespace
+
+    from benchmarks.jobs import planned_jobs
+
+    args = Namespace(rounds=3, marian="transformer_base", compile=["transformer_base"],
+                     compile_marian=True)  # fmt: skip
+    jobs = planned_jobs(args, ["transformer_base"], [False], [True])
+    specs = [(round_, job.spec()) for round_, job in jobs]
+    per_round = [
+        "transformer_base,ours,graphed,casts",
+        "transformer_base,ours,compiled+graphed,casts",
+        "transformer_base,marian,eager,casts",
+    ]
+    assert specs == [(r, spec) for r in range(3) for spec in per_round] + [
+        (0, "transformer_base,marian,compiled,casts")
+    ]
+
+
 def test_a_malformed_job_spec_is_refused(tmp_path):
     done = bench("throughput", "--job", "x,ours,fast,casts", "--out", str(tmp_path / "o.json"),
                  check=False)  # fmt: skip
