@@ -250,32 +250,32 @@ def test_a_spent_time_budget_skips_the_remaining_jobs(tiny_pipeline, tmp_path):
     assert row(table, "transformer (round 2)") == "time budget"
 
 
-@pytest.mark.parametrize(("compiled", "graphed"), [(False, False), (True, False), (False, True),
-                                                   (True, True)])  # fmt: skip
-def test_a_job_spec_round_trips(compiled, graphed):
-    from benchmarks.jobs import Job
+@pytest.mark.parametrize(
+    "mode", ["eager,copies", "compiled,casts", "graphed,casts", "compiled+graphed,casts"]
+)
+def test_a_job_spec_round_trips(tiny_pipeline, tmp_path, mode):
+    """`--job` parsed and written back (the spent budget skips the job: nothing is measured)."""
+    spec = f"transformer,ours,{mode}"
+    result, _ = throughput(
+        tiny_pipeline, tmp_path, ["transformer"], "--job", spec, "--max-seconds", "0"
+    )
+    assert [r["job"] for r in result["runs"]] == [spec]
 
-    job = Job("transformer_base", "ours", compiled=compiled, copies=not graphed, graphed=graphed)
-    assert Job.parse(job.spec()) == job
 
-
-def test_compiled_jobs_are_measured_in_every_round_beside_the_others():
-    from argparse import Namespace
-
-    from benchmarks.jobs import planned_jobs
-
-    args = Namespace(rounds=3, marian="transformer_base", compile=["transformer_base"],
-                     compile_marian=True)  # fmt: skip
-    jobs = planned_jobs(args, ["transformer_base"], [False], [True])
-    specs = [(round_, job.spec()) for round_, job in jobs]
+def test_compiled_jobs_are_measured_in_every_round_beside_the_others(tiny_pipeline, tmp_path):
+    result, _ = throughput(
+        tiny_pipeline, tmp_path, ["transformer"], "--marian", "transformer", "--compile",
+        "transformer", "--compile-marian", "--cuda-graphs", "on", "--rounds", "3",
+        "--max-seconds", "0",
+    )  # fmt: skip
     per_round = [
-        "transformer_base,ours,graphed,casts",
-        "transformer_base,ours,compiled+graphed,casts",
-        "transformer_base,marian,eager,casts",
+        "transformer,ours,graphed,casts",
+        "transformer,ours,compiled+graphed,casts",
+        "transformer,marian,eager,casts",
     ]
-    assert specs == [(r, spec) for r in range(3) for spec in per_round] + [
-        (0, "transformer_base,marian,compiled,casts")
-    ]
+    assert [(r["round"], r["job"]) for r in result["runs"]] == [
+        (round_, spec) for round_ in range(3) for spec in per_round
+    ] + [(0, "transformer,marian,compiled,casts")]
 
 
 def test_a_malformed_job_spec_is_refused(tmp_path):

@@ -91,8 +91,6 @@ def _pair(bf16: bool):
         graphs = None
         if compiled:
             model.compile_for_training()
-            for p in model.parameters():
-                p.grad = torch.zeros_like(p)
             graphs = StepGraphs(_loss_of(model), model.parameters())
         results.append(_step_gradients(model, graphs, bf16))
     return results
@@ -127,8 +125,6 @@ def _train_with_dropout(compiled: bool) -> list[float]:
     graphs = None
     if compiled:
         model.compile_for_training()
-        for p in parameters:
-            p.grad = torch.zeros_like(p)
         graphs = StepGraphs(_loss_of(model), parameters)
     losses = []
     for _ in range(4):
