@@ -92,10 +92,17 @@ class Batches:
 
 
 def load_batches(
-    tokenized: Path, split: str, batch_tokens: int, count: int, seed: int = 0
+    tokenized: Path,
+    split: str,
+    batch_tokens: int,
+    count: int,
+    seed: int = 0,
+    length_multiple: int = 1,
 ) -> Batches:
     """The first `count` batches of the training loader's epoch-0 plan (cycled if fewer)."""
-    loader = token_bucket_loader(tokenized, split, batch_tokens, shuffle=True, seed=seed)
+    loader = token_bucket_loader(
+        tokenized, split, batch_tokens, shuffle=True, seed=seed, length_multiple=length_multiple
+    )
     tensors, src_tokens, tgt_tokens = [], [], []
     for batch in itertools.islice(itertools.cycle(loader), count):
         pinned = {key: batch[key] for key in BATCH_KEYS}

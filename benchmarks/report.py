@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipelines.inference.settings import split_scores
+
 
 def time_to_bleu(history: Path) -> dict[str, Any]:
     """Wall-clock training seconds against validation BLEU from a run's history.csv."""
@@ -46,7 +48,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
         if metrics.exists():
             entry["test"] = {
                 split: {"bleu": v["bleu"], "chrf": v["chrf"], "signature": v["signature"]}
-                for split, v in json.loads(metrics.read_text()).items()
+                for split, v in split_scores(json.loads(metrics.read_text())).items()
             }
         runs[f"{job.name}/{arch}"] = entry
     return {"runs": runs}

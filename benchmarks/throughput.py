@@ -130,7 +130,11 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
     meta = json.loads((args.tokenized / "tokenizer.json").read_text())
     batch_tokens = args.batch_tokens or params.train.batch_tokens
     batches = load_batches(
-        args.tokenized, params.data.train_split, batch_tokens, args.warmup + args.steps + 3
+        args.tokenized,
+        params.data.train_split,
+        batch_tokens,
+        args.warmup + args.steps + 3,
+        length_multiple=params.train.length_multiple,  # the train stage's batch shapes
     )
     cudnn = {"on": True, "off": False, None: params.train.cudnn_attention}[args.cudnn_sdpa]
     copies_mode = args.low_precision_weights or (

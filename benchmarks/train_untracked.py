@@ -8,6 +8,7 @@ It builds the module, the data module and the Trainer with the train stage's own
 params file's ``budget``; Lightning's default logger instead of MLflow) and writes what the two
 stages write, under ``<out>``: ``artifacts/<arch>-<seed>/training.json`` (the same summary, with
 no MLflow run ids), ``logs/<arch>-<seed>/history.csv``, ``metrics/<arch>-<seed>.json`` and
+``.decoding.json`` (the length penalty chosen on validation as the evaluate stage chooses it) and
 ``hypotheses/<arch>-<seed>/``. The model itself stays in a temporary folder. With those folders
 copied into a checkout, ``pipelines.reports.comparison.compare`` writes the comparison report.
 Reads ``data/prepared`` and ``data/tokenized`` (for the params file's tokenizer settings) from the
@@ -27,8 +28,8 @@ from pipelines.core.atomic import atomic_write_json
 from pipelines.core.params import load_params
 from pipelines.core.paths import PATHS, ProjectPaths
 from pipelines.data.vocab import Tokenizers
-from pipelines.inference.evaluation import evaluate
-from pipelines.inference.settings import resolve_device
+from pipelines.inference.evaluation import choose_decoding, evaluate, record_settings
+from pipelines.inference.settings import metrics_record, resolve_device
 from pipelines.inference.translator import Translator
 from pipelines.stages.train import (
     build_module,
@@ -74,16 +75,24 @@ def main(argv: list[str] | None = None) -> None:
     summary.update(run_id=None, parent_run_id=None)
     atomic_write_json(out.artifacts / run.name / "training.json", summary)
     translator = Translator.load(model_dir, device=resolve_device(params.evaluate.device))
+    validation = params.data.validation_split
+    chosen, selection = choose_decoding(translator, PATHS.prepared, validation, params.evaluate)
     metrics = evaluate(
-        translator,
-        params.data.test_splits,
-        params.evaluate,
-        PATHS.prepared,
-        out.hypotheses / run.name,
+        translator, params.data.test_splits, chosen, PATHS.prepared, out.hypotheses / run.name
     )
-    atomic_write_json(out.metrics / f"{run.name}.json", metrics)
+    atomic_write_json(out.metrics / f"{run.name}.json", metrics_record(metrics, selection))
+    record_settings(out.metrics, run.name, chosen)
     scores = {split: values["bleu"] for split, values in metrics.items()}
-    print(json.dumps({"run": run.name, "val_bleu": summary["val_bleu"], "test_bleu": scores}))
+    print(
+        json.dumps(
+            {
+                "run": run.name,
+                "val_bleu": summary["val_bleu"],
+                "decoding_selection": selection,
+                "test_bleu": scores,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -94,7 +94,13 @@ TINY_OVERRIDES: dict[str, Any] = {
         "strategy": "ddp",
         "checkpoint_every_n_steps": 1,  # in-epoch checkpoints gather every rank's RNG state
     },
-    "evaluate": {"beam_size": 2, "max_len_margin": 8, "batch_size": 100, "attention_examples": 1},
+    "evaluate": {
+        "beam_size": 2,
+        "max_len_margin": 8,
+        "batch_size": 100,
+        "attention_examples": 1,
+        "length_penalty_grid": [0.0, 2.0],  # chosen on validation, per run
+    },
     "models": {
         "transformer": {
             "model": {

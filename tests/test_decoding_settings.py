@@ -57,6 +57,9 @@ def shipped_folder(tmp_path_factory):
         ("attention_examples", -1, "evaluate.attention_examples: must be >= 0"),
         ("device", "gpu", "evaluate.device: must be auto, cpu, cuda"),
         ("device", "cuda:x", "evaluate.device: must be auto, cpu, cuda"),
+        ("length_penalty_grid", [1.0, 0.3, 1], "evaluate.length_penalty_grid: lists 1.0 more"),
+        ("length_penalty_grid", [0.5, -1.0], "evaluate.length_penalty_grid: must be >= 0"),
+        ("length_penalty_grid", 1.0, "evaluate.length_penalty_grid: expected a list"),
     ],
 )
 def test_validation_errors_name_the_key(key, value, message):
@@ -77,7 +80,7 @@ def test_overrides_are_checked_and_none_keeps_the_setting():
 def test_evaluate_params_are_the_decoding_settings_plus_the_stage_keys():
     names = [f.name for f in fields(EvaluateParams)]
     assert names[:4] == [f.name for f in fields(DecodingSettings)]
-    assert names[4:] == ["attention_examples", "device"]
+    assert names[4:] == ["attention_examples", "device", "length_penalty_grid"]
     evaluate = load_params(REPO / "params.yaml").evaluate
     raw = yaml.safe_load((REPO / "params.yaml").read_text())["evaluate"]
     assert set(raw) == set(names), "params.yaml keeps every key of the evaluate section"

@@ -28,6 +28,9 @@ def test_every_stage_output_exists_and_is_well_formed(tiny_pipeline):
     assert (repo / "data" / "tokenized" / "spm.model").stat().st_size > 0
     for arch in params["architectures"]:
         metrics = json.loads((repo / "metrics" / f"{trained(arch)}.json").read_text())
+        # The length penalty was chosen on validation (the tiny profile has a grid).
+        selection = metrics.pop("decoding_selection")
+        assert selection["split"] == params["data"]["validation_split"]
         assert set(metrics) == set(params["data"]["test_splits"])
         for split, values in metrics.items():
             assert 0.0 <= values["bleu"] <= 100.0
@@ -119,11 +122,13 @@ def test_changing_beam_size_reruns_only_evaluate_and_compare(tiny_pipeline):
             "run_id"
         ]
         logged = client.get_run(run_id).data.metrics
-        for split, values in json.loads(
-            (repo / "metrics" / f"{trained(arch)}.json").read_text()
-        ).items():
-            assert logged[f"test/{split}/bleu"] == values["bleu"], (arch, split)
-            assert logged[f"test/{split}/chrf"] == values["chrf"], (arch, split)
+        metrics = json.loads((repo / "metrics" / f"{trained(arch)}.json").read_text())
+        for split in tiny_pipeline.params["data"]["test_splits"]:
+            assert logged[f"test/{split}/bleu"] == metrics[split]["bleu"], (arch, split)
+            assert logged[f"test/{split}/chrf"] == metrics[split]["chrf"], (arch, split)
+        # ... and the validation BLEU of each length penalty it chose among.
+        for length_penalty, bleu in metrics["decoding_selection"]["bleu"].items():
+            assert logged[f"validation/validation/beam_bleu/lp_{length_penalty}"] == bleu
 
 
 def test_metrics_and_curves_are_compared_across_commits(tiny_pipeline, tmp_path):

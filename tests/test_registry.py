@@ -297,11 +297,19 @@ def test_champion_is_the_best_architecture_on_validation(tiny_pipeline, store, c
     assert tags[registry.SHA_TAG] == registry.model_sha256(repo / "artifacts" / trained(arch))
 
 
-def evaluated_settings(tiny_pipeline) -> DecodingSettings:
-    """The decoding settings of the tiny pipeline's evaluate stage."""
+def evaluated_settings(tiny_pipeline, arch: str) -> DecodingSettings:
+    """The settings the tiny pipeline's evaluate stage decoded `arch`'s test sets with: its
+    params, with the length penalty of the best validation BLEU (ties: the earlier candidate)."""
     from pipelines.core.params import load_params
 
-    return load_params(tiny_pipeline.repo / "params.yaml").evaluate.decoding()
+    settings = load_params(tiny_pipeline.repo / "params.yaml").evaluate
+    metrics = json.loads((tiny_pipeline.repo / "metrics" / f"{trained(arch)}.json").read_text())
+    record = metrics["decoding_selection"]
+    assert record["split"] == "validation"
+    assert set(record["bleu"]) == {str(value) for value in settings.length_penalties()}
+    best = max(settings.length_penalties(), key=lambda value: record["bleu"][str(value)])
+    assert record["length_penalty"] == best
+    return settings.with_overrides(length_penalty=best)
 
 
 def recorded_settings(version) -> DecodingSettings:
@@ -311,16 +319,18 @@ def recorded_settings(version) -> DecodingSettings:
 
 @on_pipeline
 def test_evaluated_settings_are_recorded_and_shipped(tiny_pipeline, champion):
-    settings = evaluated_settings(tiny_pipeline)
-    assert settings != DecodingSettings(), "the tiny profile decodes with its own settings"
     for arch in tiny_pipeline.params["architectures"]:
+        settings = evaluated_settings(tiny_pipeline, arch)
+        assert settings.beam_size == 2, "the tiny profile decodes with its own settings"
         assert (
             read_settings(tiny_pipeline.repo / "metrics" / f"{trained(arch)}.decoding.json")
             == settings
         )
         assert not (tiny_pipeline.repo / "artifacts" / trained(arch) / "decoding.json").exists()
-    # compare registered the champion with the settings it was evaluated with.
-    assert recorded_settings(champion) == settings
+    # compare registered the champion with the settings its test sets were decoded with.
+    assert recorded_settings(champion) == evaluated_settings(
+        tiny_pipeline, champion.tags["architecture"]
+    )
 
 
 @on_pipeline
@@ -377,7 +387,7 @@ def test_champion_and_challenger_load_side_by_side(tiny_pipeline, store, champio
         a for a in tiny_pipeline.params["architectures"] if a != champion.tags["architecture"]
     )
     before = store.get_run(arch_runs[challenger_arch].info.run_id).info
-    settings = evaluated_settings(tiny_pipeline)
+    settings = evaluated_settings(tiny_pipeline, challenger_arch)
     challenger = registry.log_and_register(
         arch_runs[challenger_arch].info.run_id,
         repo / "artifacts" / trained(challenger_arch),

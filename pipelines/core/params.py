@@ -137,6 +137,7 @@ class TrainParams:
     """Hardware, batching and bookkeeping shared by every architecture."""
 
     batch_tokens: int = 4096
+    length_multiple: int = 1  # training batches padded to multiples of it: few batch shapes
     accumulate_grad_batches: int = 1
     keep_global_batch: bool = False
     gradient_clip_val: float = 1.0
@@ -159,6 +160,7 @@ class TrainParams:
 
     def validate(self, prefix: str = "") -> None:
         require(self.batch_tokens > 0, f"{prefix}batch_tokens", "must be > 0")
+        require(self.length_multiple >= 1, f"{prefix}length_multiple", "must be >= 1")
         require(self.accumulate_grad_batches > 0, f"{prefix}accumulate_grad_batches", "must be > 0")
         require(self.gradient_clip_val >= 0, f"{prefix}gradient_clip_val", "must be >= 0")
         require(
@@ -249,10 +251,21 @@ class EvaluateParams(DecodingSettings):
 
     attention_examples: int = 3
     device: str = "auto"  # auto: cuda when available, else cpu
+    # Length penalties tried beside `length_penalty` on the validation split; the best validation
+    # BLEU (ties: `length_penalty`, then the list's order) decodes the test sets and ships.
+    length_penalty_grid: list[float] = field(default_factory=list)
 
     def validate(self, prefix: str = "") -> None:
         super().validate(prefix)
         require(self.attention_examples >= 0, f"{prefix}attention_examples", "must be >= 0")
+        grid = self.length_penalty_grid
+        require(all(value >= 0 for value in grid), f"{prefix}length_penalty_grid", "must be >= 0")
+        twice = sorted({value for value in grid if grid.count(value) > 1})
+        require(
+            not twice,
+            f"{prefix}length_penalty_grid",
+            f"lists {', '.join(map(str, twice))} more than once",
+        )
         kind, colon, index = self.device.partition(":")
         require(
             self.device == "auto"
@@ -260,6 +273,10 @@ class EvaluateParams(DecodingSettings):
             f"{prefix}device",
             "must be auto, cpu, cuda, cuda:<index> or mps",
         )
+
+    def length_penalties(self) -> list[float]:
+        """The candidates in the order that breaks ties: `length_penalty`, then the grid."""
+        return list(dict.fromkeys([self.length_penalty, *self.length_penalty_grid]))
 
 
 @dataclass

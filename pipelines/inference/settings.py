@@ -4,12 +4,15 @@ An exported folder that has been evaluated and shipped (the pyfunc model's ``mod
 ``decoding.json``: the :class:`~pipelines.core.params.DecodingSettings` its test scores were
 obtained with. :meth:`Translator.load <pipelines.inference.translator.Translator.load>` reads it,
 so `nmt translate` and the pyfunc model decode like the evaluation did unless told otherwise.
+The evaluate stage's ``metrics/<run>.json`` holds the test splits' scores and, when the length
+penalty was chosen on validation, how (:data:`SELECTION_KEY`).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from models.config import ConfigError, from_dict
 from pipelines.core.atomic import atomic_write_json
@@ -18,6 +21,20 @@ from pipelines.core.params import DecodingSettings
 
 DECODING_FILE = "decoding.json"
 AUTO_DEVICE = "auto"
+SELECTION_KEY = "decoding_selection"  # in metrics/<run>.json, beside the test splits' scores
+
+
+def metrics_record(
+    scores: dict[str, dict[str, Any]], selection: dict[str, Any] | None
+) -> dict[str, Any]:
+    """``metrics/<run>.json``: the test splits' `scores`, and the length penalty's `selection`
+    on validation when there was one."""
+    return {**scores, SELECTION_KEY: selection} if selection else scores
+
+
+def split_scores(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The test splits' scores of a ``metrics/<run>.json`` record."""
+    return {split: values for split, values in record.items() if split != SELECTION_KEY}
 
 
 def read_settings(path: str | Path) -> DecodingSettings | None:

@@ -12,9 +12,11 @@
    re-translate the promotion
    split (``retrain.promotion_split``, default the validation split) with the challenger (the
    model the compare stage registers: the architecture with the best mean validation BLEU, its
-   best seed) and with the champion, using the same code and the same ``evaluate`` beam settings,
-   and score both with sacreBLEU (one signature). No test split takes part unless it is declared
-   the promotion split, and then the report marks it as used for decisions.
+   best seed) and with the champion, using the same code and the same ``evaluate`` beam settings
+   (each model's length penalty chosen on the validation split when ``evaluate.length_penalty_grid``
+   is set, as the evaluate stage does), and score both with sacreBLEU (one signature). No test
+   split takes part unless it is declared the promotion split, and then the report marks it as
+   used for decisions.
 5. Promote only if challenger BLEU >= champion BLEU + ``retrain.margin_bleu`` (the margin should
    exceed run-to-run noise, about 0.5 BLEU) and, when ``retrain.max_p_value`` is set, sacreBLEU's
    paired bootstrap p-value is at most that (the p-value is always recorded). Either way the
@@ -155,18 +157,22 @@ def undecided_model(params: Params, root: Path, champion: str | None, client) ->
 def score_folder(
     folder: Path, params: Params, split: str, root: Path
 ) -> tuple[list[str], dict[str, Any]]:
-    """Translate `split` with the exported model in `folder` (evaluate's settings) and score it.
+    """Translate `split` with the exported model in `folder` (evaluate's settings, the length
+    penalty chosen on the validation split as the evaluate stage chooses it) and score it.
 
-    Returns the hypotheses and the scores kept in the decision record.
+    Returns the hypotheses and the scores kept in the decision record, with the decoding settings.
     """
-    from pipelines.inference.evaluation import translate_and_score
+    from pipelines.inference.evaluation import choose_decoding, translate_and_score
     from pipelines.inference.translator import Translator
 
     # params.evaluate decides, not the settings a downloaded champion recorded: both sides alike.
     translator = Translator.load(folder, device=params.evaluate.device)
     prepared = root / "data" / "prepared"
-    hypotheses, result = translate_and_score(translator, prepared, split, params.evaluate)
-    return hypotheses, {k: result[k] for k in ("bleu", "chrf", "signature", "sentences")}
+    validation = params.data.validation_split
+    settings, _ = choose_decoding(translator, prepared, validation, params.evaluate)
+    hypotheses, result = translate_and_score(translator, prepared, split, settings)
+    scores = {k: result[k] for k in ("bleu", "chrf", "signature", "sentences")}
+    return hypotheses, {**scores, "decoding": settings.to_dict()}
 
 
 def significance(
@@ -282,7 +288,7 @@ def describe_pass(
         signature=scores["challenger"]["signature"],
         split_sha256=manifest["splits"][split]["sha256"],
         sentences=scores["challenger"]["sentences"],
-        decoding=params.evaluate.to_dict(),
+        decoding=scores["challenger"]["decoding"],
         data={
             "dataset": params.data.dataset,
             "revision": params.data.revision,
@@ -303,6 +309,7 @@ def describe_pass(
         record[side].update(
             bleu=score["bleu"],
             chrf=score["chrf"],
+            decoding=score["decoding"],
             git_commit=tags.get("git.commit", ""),
             dvc_data_hash=tags.get("dvc.data_hash", ""),
             parent_run_id=tags.get("mlflow.parentRunId", ""),

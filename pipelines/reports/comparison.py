@@ -23,6 +23,7 @@ from pipelines.core.params import ModelRun, Params
 from pipelines.core.paths import ProjectPaths
 from pipelines.core.scoring import bleu_difference
 from pipelines.data.prepared import read_references
+from pipelines.inference.settings import SELECTION_KEY
 from pipelines.reports.plots import bleu_bars, validation_curves
 from pipelines.reports.selection import Selection, read_training_summary, select
 
@@ -118,6 +119,12 @@ def differences(
     return out
 
 
+def chosen_length_penalty(params: Params, result: RunResult) -> float:
+    """The length penalty a run's test sets were decoded with (chosen on validation, or given)."""
+    selection = result.metrics.get(SELECTION_KEY)
+    return selection["length_penalty"] if selection else params.evaluate.length_penalty
+
+
 def table_rows(
     params: Params,
     paths: ProjectPaths,
@@ -149,6 +156,7 @@ def table_rows(
             train_seconds=mean([summary["train_seconds"] for summary in summaries], 1),
             tokens_per_sec=mean([summary["tokens_per_sec"] for summary in summaries], 0),
             seconds_to_95=mean([seconds_to_fraction(result.history) for result in arch_results], 1),
+            length_penalty=" ".join(str(chosen_length_penalty(params, r)) for r in arch_results),
             selected=arch == selection.arch,
             run_ids=" ".join(str(summary["run_id"] or "") for summary in summaries).strip(),
         )
@@ -173,6 +181,20 @@ def _interval(row: dict[str, Any], split: str) -> str:
         return "(best)"
     low, high = row[f"{split}_ci_low"], row[f"{split}_ci_high"]
     return f"{row[f'{split}_difference']:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+
+def length_penalty_line(params: Params, rows: list[dict[str, Any]]) -> str:
+    """How the length penalty was set, and per architecture the value each seed decoded with."""
+    candidates = params.evaluate.length_penalties()
+    if len(candidates) == 1:
+        return f"Length penalty {candidates[0]} for every run (`evaluate.length_penalty`)."
+    chosen = "; ".join(
+        f"{row['architecture']} {row['length_penalty'].replace(' ', ', ')}" for row in rows
+    )
+    return (
+        f"Length penalty: chosen per run among {', '.join(map(str, candidates))} by beam-search "
+        f"BLEU on {params.data.validation_split} (`evaluate.length_penalty_grid`): {chosen}."
+    )
 
 
 def to_markdown(
@@ -239,9 +261,11 @@ def to_markdown(
         "early stopping on validation may end a run sooner. Budget used: the mean over seeds.",
         f"Δ BLEU vs best: BLEU minus the selected architecture's, with the 95% paired-bootstrap "
         f"interval ({BOOTSTRAP_SAMPLES} samples, sacreBLEU's resampling) {pooled}.",
+        length_penalty_line(params, rows),
         f"Decisions read {params.data.validation_split} only: checkpoints, early stopping and "
-        f"averaging, and the selected architecture (**bold**: the highest mean validation BLEU, "
-        f"greedy; registered: {selection.run.name}, its best seed on validation). {decided} "
+        f"averaging, the length penalty, and the selected architecture (**bold**: the highest "
+        f"mean validation BLEU, greedy; registered: {selection.run.name}, its best seed on "
+        f"validation). {decided} "
         f"Reported only, never used for a decision: {reporting}.",
         "",
         "![validation curves](validation_curves.png)",

@@ -4,8 +4,9 @@ Writes ``reports/comparison.{md,csv}`` (seed means ± sd, paired-bootstrap inter
 ``reports/validation_bleu.csv``, ``reports/validation_curves.png`` and
 ``reports/bleu_per_test_set.png``, and attaches them to the pipeline's parent MLflow run. The
 architecture with the best mean validation BLEU is selected (no test split decides) and its best
-seed on validation is registered in the MLflow model registry; it becomes `champion` only when
-there is none yet. Replacing a champion is `nmt retrain`'s decision (with its BLEU margin).
+seed on validation is registered in the MLflow model registry, with the decoding settings its test
+sets were decoded with; it becomes `champion` only when there is none yet. Replacing a champion is
+`nmt retrain`'s decision (with its BLEU margin).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from pipelines.core.errors import run_main, setup_logging
 from pipelines.core.params import load_params
 from pipelines.core.paths import PATHS
 from pipelines.data.prepared import read_sources
+from pipelines.inference.evaluation import settings_file
+from pipelines.inference.settings import read_settings
 from pipelines.reports.comparison import REPORT_FILES, compare
 from pipelines.tracking.pipeline_run import log_comparison, register_best
 
@@ -42,7 +45,11 @@ def main(argv: list[str] | None = None) -> None:
     log.info("selected on validation: %s (registering %s)", selection.arch, selection.run.name)
     example = read_sources(PATHS.prepared, params.data.validation_split)[:2]
     name, split = params.tracking.registered_model, params.data.validation_split
-    promotion = register_best(selection, PATHS, name, split, example, params.evaluate)
+    # The settings its test sets were decoded with (the length penalty chosen on validation).
+    decoding = read_settings(settings_file(PATHS.metrics, selection.run.name))
+    promotion = register_best(
+        selection, PATHS, name, split, example, decoding or params.evaluate.decoding()
+    )
     log.info("%s version %s: %s", name, promotion.version, promotion.reason)
 
 

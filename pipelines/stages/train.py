@@ -179,6 +179,7 @@ def data_module(
         seed=seed,
         accumulate=accumulate,
         num_workers=params.train.num_workers,
+        length_multiple=params.train.length_multiple,
     )
 
 

@@ -44,9 +44,16 @@ class TranslationDataset(Dataset):
         return Example(index, self.split.src(index), self.split.tgt(index))
 
 
-def _pad(rows: Sequence[np.ndarray], prefix: int | None, suffix: int | None) -> torch.Tensor:
+def round_up(lengths: np.ndarray, multiple: int) -> np.ndarray:
+    """`lengths` rounded up to a multiple of `multiple` (1: unchanged)."""
+    return -(-lengths // multiple) * multiple
+
+
+def _pad(
+    rows: Sequence[np.ndarray], prefix: int | None, suffix: int | None, multiple: int = 1
+) -> torch.Tensor:
     extra = (prefix is not None) + (suffix is not None)
-    width = max(len(r) for r in rows) + extra
+    width = int(round_up(np.int64(max(len(r) for r in rows) + extra), multiple))
     out = np.full((len(rows), width), PAD_ID, dtype=np.int64)
     for i, row in enumerate(rows):
         start = 0
@@ -59,18 +66,20 @@ def _pad(rows: Sequence[np.ndarray], prefix: int | None, suffix: int | None) -> 
     return torch.from_numpy(out)
 
 
-def collate(batch: Sequence[Example]) -> dict[str, torch.Tensor]:
+def collate(batch: Sequence[Example], length_multiple: int = 1) -> dict[str, torch.Tensor]:
     """Pad a list of examples into LongTensors (batch first, PAD_ID padding).
 
     ``src`` [B, S] is tokens + EOS, ``tgt_in`` [B, T] is BOS + tokens, ``tgt_out`` [B, T] is
     tokens + EOS; ``src_lengths``/``tgt_lengths`` [B] count EOS; ``ntokens`` is the number of
     non-pad target tokens (a 0-dim tensor) and ``index`` [B] the examples' ids in the split.
+    S and T are padded up to a multiple of `length_multiple`.
     """
     if not batch:
         raise ValueError("collate: empty batch")
-    src = _pad([ex.src for ex in batch], None, EOS_ID)  # [B, S]
-    tgt_in = _pad([ex.tgt for ex in batch], BOS_ID, None)  # [B, T]
-    tgt_out = _pad([ex.tgt for ex in batch], None, EOS_ID)  # [B, T]
+    multiple = length_multiple
+    src = _pad([ex.src for ex in batch], None, EOS_ID, multiple)  # [B, S]
+    tgt_in = _pad([ex.tgt for ex in batch], BOS_ID, None, multiple)  # [B, T]
+    tgt_out = _pad([ex.tgt for ex in batch], None, EOS_ID, multiple)  # [B, T]
     src_lengths = torch.tensor([len(ex.src) + 1 for ex in batch], dtype=torch.long)
     tgt_lengths = torch.tensor([len(ex.tgt) + 1 for ex in batch], dtype=torch.long)
     return {
@@ -111,6 +120,11 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
     epoch)``. Rank ``r`` takes batch ``r`` of every group. Every example appears exactly once per
     epoch across ranks and every rank gets ``len(self)`` batches. Deterministic given (seed,
     epoch); call :meth:`set_epoch` before each epoch.
+
+    With ``length_multiple`` m > 1, lengths are rounded up to a multiple of m before sorting and
+    packing (the collate pads to the same widths): batches of one length bucket get the same
+    size, so an epoch has a few batch shapes instead of one per batch (CUDA graphs and compiled
+    kernels are made once per shape), at the cost of more padding.
     """
 
     def __init__(
@@ -123,6 +137,7 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
         num_replicas: int | None = 1,
         rank: int | None = 0,
         accumulate: int = 1,
+        length_multiple: int = 1,
     ) -> None:
         num_replicas, rank = _distributed_defaults(num_replicas, rank)
         # +1: the collate appends EOS to the source and BOS/EOS to the target.
@@ -132,6 +147,12 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
             raise ValueError("src_lengths and tgt_lengths must be 1-d and of the same length")
         if max_tokens <= 0:
             raise ValueError(f"max_tokens must be > 0, got {max_tokens}")
+        if length_multiple < 1:
+            raise ValueError(f"length_multiple must be >= 1, got {length_multiple}")
+        self.length_multiple = int(length_multiple)
+        # The padded widths the collate makes: what sorting and packing count.
+        self.src_widths = round_up(self.src_lengths, self.length_multiple)
+        self.tgt_widths = round_up(self.tgt_lengths, self.length_multiple)
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} out of range for {num_replicas} replicas")
         if len(self.src_lengths) < num_replicas:
@@ -156,14 +177,14 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
     # -- planning
 
     def _sorted_order(self, rng: np.random.Generator | None) -> np.ndarray:
-        longest = np.maximum(self.src_lengths, self.tgt_lengths)
+        longest = np.maximum(self.src_widths, self.tgt_widths)
         n = len(longest)
         tiebreak = rng.permutation(n) if rng is not None else np.arange(n)
-        # np.lexsort sorts by the last key first: longest side, then source, then target length.
-        return np.lexsort((tiebreak, self.tgt_lengths, self.src_lengths, longest))
+        # np.lexsort sorts by the last key first: longest side, then source, then target width.
+        return np.lexsort((tiebreak, self.tgt_widths, self.src_widths, longest))
 
     def _pack(self, order: np.ndarray) -> list[np.ndarray]:
-        longest = np.maximum(self.src_lengths, self.tgt_lengths)[order]
+        longest = np.maximum(self.src_widths, self.tgt_widths)[order]
         batches: list[np.ndarray] = []
         start, widest = 0, 0
         for position, length in enumerate(longest.tolist()):
@@ -254,7 +275,9 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
 
     def stats(self) -> dict[str, float]:
         """Padding and size statistics of this epoch's global plan (all ranks)."""
-        return batch_stats(self.batches(rank=-1), self.src_lengths - 1, self.tgt_lengths - 1)
+        return batch_stats(
+            self.batches(rank=-1), self.src_lengths - 1, self.tgt_lengths - 1, self.length_multiple
+        )
 
     def padding_fraction(self) -> float:
         """Share of padded positions in the source and target tensors of this epoch's plan."""
@@ -265,18 +288,20 @@ def batch_stats(
     batches: Sequence[Sequence[int]],
     src_lengths: Sequence[int] | np.ndarray,
     tgt_lengths: Sequence[int] | np.ndarray,
+    length_multiple: int = 1,
 ) -> dict[str, float]:
     """Padding statistics of any batching (lengths without EOS, as the collate pads them)."""
     src = np.asarray(src_lengths, dtype=np.int64) + 1
     tgt = np.asarray(tgt_lengths, dtype=np.int64) + 1
+    src_widths, tgt_widths = round_up(src, length_multiple), round_up(tgt, length_multiple)
     real = padded_src = padded_tgt = 0
     largest = 0
     for batch in batches:
         ids = np.asarray(batch, dtype=np.int64)
-        padded_src += len(ids) * int(src[ids].max())
-        padded_tgt += len(ids) * int(tgt[ids].max())
+        padded_src += len(ids) * int(src_widths[ids].max())
+        padded_tgt += len(ids) * int(tgt_widths[ids].max())
         real += int(src[ids].sum() + tgt[ids].sum())
-        largest = max(largest, len(ids) * int(max(src[ids].max(), tgt[ids].max())))
+        largest = max(largest, len(ids) * int(max(src_widths[ids].max(), tgt_widths[ids].max())))
     padded = padded_src + padded_tgt
     examples = sum(len(b) for b in batches)
     return {

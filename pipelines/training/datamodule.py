@@ -6,6 +6,7 @@ initialisation, so the sampler shards by the real world size and rank (on one ma
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -72,10 +73,12 @@ def token_bucket_loader(
     accumulate: int = 1,
     num_workers: int = 0,
     resumable: bool = False,
+    length_multiple: int = 1,
 ) -> DataLoader:
     """Padded batches of `split` from the tokenizer stage's arrays, by the token-bucket sampler.
 
     With `resumable`, the loader keeps its position in Lightning checkpoints (the training loader).
+    `length_multiple`: lengths padded up to a multiple of it (see TokenBucketBatchSampler).
     """
     corpus = load_split(tokenized, split)
     sampler = TokenBucketBatchSampler(
@@ -87,11 +90,12 @@ def token_bucket_loader(
         num_replicas=num_replicas,
         rank=rank,
         accumulate=accumulate,
+        length_multiple=length_multiple,
     )
     return (ResumableDataLoader if resumable else DataLoader)(
         TranslationDataset(corpus),
         batch_sampler=sampler,
-        collate_fn=collate,
+        collate_fn=functools.partial(collate, length_multiple=length_multiple),
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),
         persistent_workers=num_workers > 0,
@@ -99,7 +103,8 @@ def token_bucket_loader(
 
 
 class TranslationDataModule(pl.LightningDataModule):
-    """Training (shuffled by seed and epoch) and validation (fixed order) loaders."""
+    """Training (shuffled by seed and epoch; lengths padded to `length_multiple`) and validation
+    (fixed order, exact lengths) loaders."""
 
     def __init__(
         self,
@@ -110,6 +115,7 @@ class TranslationDataModule(pl.LightningDataModule):
         seed: int,
         accumulate: int = 1,
         num_workers: int = 0,
+        length_multiple: int = 1,
     ) -> None:
         super().__init__()
         self.tokenized = Path(tokenized)
@@ -118,6 +124,7 @@ class TranslationDataModule(pl.LightningDataModule):
         self.seed = seed
         self.accumulate = accumulate
         self.num_workers = num_workers
+        self.length_multiple = length_multiple
 
     def _loader(self, role: str) -> DataLoader:
         training = role == "train"
@@ -132,6 +139,7 @@ class TranslationDataModule(pl.LightningDataModule):
             accumulate=self.accumulate if training else 1,
             num_workers=self.num_workers,
             resumable=training,
+            length_multiple=self.length_multiple if training else 1,
         )
 
     def train_dataloader(self) -> DataLoader:
