@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipelines.core.params import load_params
 from pipelines.ops import retrain, runlock
 from pipelines.tracking import registry
 from tests.pipeline_helpers import (
@@ -233,6 +234,15 @@ def assert_consistent(repo: Path, record: dict, outcome: Outcome) -> None:
     assert tags["retrain.signature"] == record["signature"]
     run_tags = client(repo).get_run(challenger["run_id"]).data.tags
     assert run_tags["retrain.outcome"] == record["outcome"]
+    # Each side decoded with its own length penalty, chosen on validation among the tiny
+    # profile's candidates; the challenger's settings are the ones it is registered with.
+    candidates = load_params(repo / "params.yaml").evaluate.length_penalties()
+    assert len(candidates) > 1
+    assert record["decoding"] == challenger["decoding"]
+    for side in ("challenger", "champion"):
+        if side in record:
+            assert record[side]["decoding"]["length_penalty"] in candidates
+    assert json.loads(tags[registry.DECODING_TAG]) == record["decoding"]
     if rival is not None:  # the paired bootstrap of the two translations of the split
         significance = record["significance"]
         assert 0.0 <= significance["p_value"] <= 1.0
