@@ -44,8 +44,8 @@ class TranslationDataset(Dataset):
         return Example(index, self.split.src(index), self.split.tgt(index))
 
 
-def round_up(lengths: np.ndarray, multiple: int) -> np.ndarray:
-    """`lengths` rounded up to a multiple of `multiple` (1: unchanged)."""
+def round_up(lengths: int | np.ndarray, multiple: int) -> int | np.ndarray:
+    """`lengths` (an int or an integer array) rounded up to a multiple of `multiple` (1: as is)."""
     return -(-lengths // multiple) * multiple
 
 
@@ -53,7 +53,7 @@ def _pad(
     rows: Sequence[np.ndarray], prefix: int | None, suffix: int | None, multiple: int = 1
 ) -> torch.Tensor:
     extra = (prefix is not None) + (suffix is not None)
-    width = int(round_up(np.int64(max(len(r) for r in rows) + extra), multiple))
+    width = round_up(max(len(r) for r in rows) + extra, multiple)
     out = np.full((len(rows), width), PAD_ID, dtype=np.int64)
     for i, row in enumerate(rows):
         start = 0
@@ -76,10 +76,9 @@ def collate(batch: Sequence[Example], length_multiple: int = 1) -> dict[str, tor
     """
     if not batch:
         raise ValueError("collate: empty batch")
-    multiple = length_multiple
-    src = _pad([ex.src for ex in batch], None, EOS_ID, multiple)  # [B, S]
-    tgt_in = _pad([ex.tgt for ex in batch], BOS_ID, None, multiple)  # [B, T]
-    tgt_out = _pad([ex.tgt for ex in batch], None, EOS_ID, multiple)  # [B, T]
+    src = _pad([ex.src for ex in batch], None, EOS_ID, length_multiple)  # [B, S]
+    tgt_in = _pad([ex.tgt for ex in batch], BOS_ID, None, length_multiple)  # [B, T]
+    tgt_out = _pad([ex.tgt for ex in batch], None, EOS_ID, length_multiple)  # [B, T]
     src_lengths = torch.tensor([len(ex.src) + 1 for ex in batch], dtype=torch.long)
     tgt_lengths = torch.tensor([len(ex.tgt) + 1 for ex in batch], dtype=torch.long)
     return {
@@ -153,6 +152,7 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
         # The padded widths the collate makes: what sorting and packing count.
         self.src_widths = round_up(self.src_lengths, self.length_multiple)
         self.tgt_widths = round_up(self.tgt_lengths, self.length_multiple)
+        self.longest_widths = np.maximum(self.src_widths, self.tgt_widths)
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} out of range for {num_replicas} replicas")
         if len(self.src_lengths) < num_replicas:
@@ -177,14 +177,13 @@ class TokenBucketBatchSampler(Sampler[list[int]]):
     # -- planning
 
     def _sorted_order(self, rng: np.random.Generator | None) -> np.ndarray:
-        longest = np.maximum(self.src_widths, self.tgt_widths)
-        n = len(longest)
+        n = len(self.longest_widths)
         tiebreak = rng.permutation(n) if rng is not None else np.arange(n)
         # np.lexsort sorts by the last key first: longest side, then source, then target width.
-        return np.lexsort((tiebreak, self.tgt_widths, self.src_widths, longest))
+        return np.lexsort((tiebreak, self.tgt_widths, self.src_widths, self.longest_widths))
 
     def _pack(self, order: np.ndarray) -> list[np.ndarray]:
-        longest = np.maximum(self.src_widths, self.tgt_widths)[order]
+        longest = self.longest_widths[order]
         batches: list[np.ndarray] = []
         start, widest = 0, 0
         for position, length in enumerate(longest.tolist()):
