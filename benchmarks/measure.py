@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import statistics
 import time
 import warnings
@@ -20,6 +19,7 @@ from benchmarks.common import Batches, sided_parameters, synchronize
 from benchmarks.summary import run_label
 from pipelines.core.params import OptimParams
 from pipelines.training.optim import build_optimizer
+from pipelines.training.profiling import kernel_summary
 from pipelines.training.step import make_step
 
 log = logging.getLogger("nmt.bench")
@@ -89,32 +89,10 @@ def count_syncs(step: Step, batches: list[dict[str, Tensor]]) -> int | None:
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
-# What a kernel does, from its name (first match wins): where a step's GPU time goes, so that
-# fusion work starts where the time is. Names are those of cuBLAS/CUTLASS, FlashAttention and
-# PyTorch's ATen kernels (torch 2.x on Hopper).
-KERNEL_CATEGORIES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("attention", re.compile(r"flash|fmha|attention|sdpa|cudnn_generated", re.I)),
-    ("matmul", re.compile(r"gemm|cutlass|cublas|sm90_xmma|nvjet|wgmma|splitk", re.I)),
-    ("optimizer", re.compile(r"adam|multi_tensor|foreach", re.I)),
-    ("softmax / cross-entropy", re.compile(r"softmax|nll_loss|cross_entropy|log_softmax", re.I)),
-    ("layer norm", re.compile(r"layer_norm|layernorm|rms_norm", re.I)),
-    ("reduction", re.compile(r"reduce|sum_kernel|norm_kernel|argmax|max_kernel", re.I)),
-    ("dropout / random", re.compile(r"fused_dropout|dropout|philox|bernoulli|rand", re.I)),
-    ("copy / cast", re.compile(r"copy|cast|memcpy|memset|to_copy|cat_|index", re.I)),
-    ("elementwise", re.compile(r"elementwise|vectorized|unrolled|pointwise|activation", re.I)),
-)
-
-
-def kernel_category(name: str) -> str:
-    """The category of :data:`KERNEL_CATEGORIES` a kernel's name falls in, else "other"."""
-    return next((label for label, pattern in KERNEL_CATEGORIES if pattern.search(name)), "other")
-
-
 def kernel_profile(step: Step, batches: list[dict[str, Tensor]], top: int = 12) -> dict[str, Any]:
     """GPU work of `batches` training steps under torch.profiler: kernels launched and kernel
     time per step, and the kernels that take the most time. Kernel time far under the wall time
     of a step means the host (Python, dispatch, launches) is the bottleneck, not the GPU."""
-    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     synchronize()
@@ -122,33 +100,7 @@ def kernel_profile(step: Step, batches: list[dict[str, Tensor]], top: int = 12) 
         for batch in batches:
             step(batch)
         synchronize()
-    per_kernel: dict[str, list[float]] = {}
-    for event in prof.events():
-        if event.device_type == DeviceType.CUDA:
-            per_kernel.setdefault(event.name, []).append(event.time_range.elapsed_us())
-    steps = max(len(batches), 1)
-    total_us = sum(sum(times) for times in per_kernel.values())
-    ranked = sorted(per_kernel.items(), key=lambda item: -sum(item[1]))[:top]
-    categories: dict[str, float] = {}
-    for name, times in per_kernel.items():
-        label = kernel_category(name)
-        categories[label] = categories.get(label, 0.0) + sum(times) / 1e3 / steps
-    return {
-        "steps": len(batches),
-        "kernels_per_step": round(sum(len(t) for t in per_kernel.values()) / steps, 1),
-        "gpu_kernel_ms_per_step": round(total_us / 1000 / steps, 3),
-        "ms_per_step_by_category": {
-            label: round(ms, 3) for label, ms in sorted(categories.items(), key=lambda i: -i[1])
-        },
-        "top_kernels": [
-            {
-                "name": name[:100],
-                "calls_per_step": len(t) / steps,
-                "ms_per_step": sum(t) / 1e3 / steps,
-            }
-            for name, t in ranked
-        ],
-    }
+    return kernel_summary(list(prof.events()), max(len(batches), 1), top)
 
 
 def time_steps(

@@ -7,7 +7,8 @@ it as the evaluate stage does: for lent GPU machines that have no mlflow install
 It builds the module, the data module and the Trainer with the train stage's own functions (the
 params file's ``budget``; Lightning's default logger instead of MLflow) and writes what the two
 stages write, under ``<out>``: ``artifacts/<arch>-<seed>/training.json`` (the same summary, with
-no MLflow run ids), ``logs/<arch>-<seed>/history.csv``, ``metrics/<arch>-<seed>.json`` and
+no MLflow run ids), ``logs/<arch>-<seed>/history.csv`` (and ``step_profile.json`` with
+``train.profile_steps``), ``metrics/<arch>-<seed>.json`` and
 ``.decoding.json`` (the length penalty chosen on validation as the evaluate stage chooses it) and
 ``hypotheses/<arch>-<seed>/``. The model itself stays in a temporary folder. With those folders
 copied into a checkout, ``pipelines.reports.comparison.compare`` writes the comparison report.
@@ -52,6 +53,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, help="one of the params file's seeds (default: first)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--out", type=Path, required=True, help="root of the output folders")
+    parser.add_argument(
+        "--train-only",
+        action="store_true",
+        help="stop after training.json (no export, no decoding): throughput and profile runs",
+    )
     args = parser.parse_args(argv)
     params = load_params(args.params)
     run = params.model_run(args.arch, args.seed)
@@ -68,12 +74,14 @@ def main(argv: list[str] | None = None) -> None:
     trainer.fit(module, datamodule=data_module(params, PATHS, run.seed, accumulate))
     if trainer.global_rank != 0:  # with DDP, the first process exports and evaluates
         return
-    averaging = load_best(module, best.best_model_path, params, PATHS)
-    model_dir = work / "model"
-    export_model(module.model, export_config(run.arch, params, tokenizers), tokenizers, model_dir)
+    averaging = None if args.train_only else load_best(module, best.best_model_path, params, PATHS)
     summary = training_summary(run, params, module, monitor, trainer, budget, averaging)
     summary.update(run_id=None, parent_run_id=None)
     atomic_write_json(out.artifacts / run.name / "training.json", summary)
+    if args.train_only:
+        return
+    model_dir = work / "model"
+    export_model(module.model, export_config(run.arch, params, tokenizers), tokenizers, model_dir)
     translator = Translator.load(model_dir, device=resolve_device(params.evaluate.device))
     validation = params.data.validation_split
     chosen, selection = choose_decoding(translator, PATHS.prepared, validation, params.evaluate)

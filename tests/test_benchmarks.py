@@ -357,7 +357,7 @@ ATEN = "void at::native::(anonymous namespace)::"  # how PyTorch's own kernels a
     ],
 )
 def test_profiled_kernels_fall_in_the_category_their_name_says(kernel, category):
-    from benchmarks.measure import kernel_category
+    from pipelines.training.profiling import kernel_category
 
     assert kernel_category(kernel) == category
 

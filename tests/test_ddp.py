@@ -97,10 +97,20 @@ def test_ddp_writes_outputs_and_the_mlflow_run_once(single_and_ddp):
     ]
 
 
-def test_ddp_killed_inside_an_epoch_resumes_every_rank_exactly(tmp_path):
+# Two CUDA devices, bf16 and CUDA graphs under DDP (graphs are captured again after the resume).
+CUDA_GRAPHS = {"accelerator": "gpu", "precision": "bf16-mixed", "cuda_graphs": True}
+TWO_GPUS = pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs two CUDA GPUs"
+)
+
+
+@pytest.mark.parametrize(
+    "devices", [{}, pytest.param(CUDA_GRAPHS, marks=TWO_GPUS)], ids=["cpu", "cuda-graphs"]
+)
+def test_ddp_killed_inside_an_epoch_resumes_every_rank_exactly(tmp_path, devices):
     params = workspace_params(  # dropout on: each rank's random stream must be restored
         budget=TWO_EPOCHS,
-        train={"devices": 2, "strategy": "ddp", "checkpoint_every_n_steps": 2},
+        train={"devices": 2, "strategy": "ddp", "checkpoint_every_n_steps": 2, **devices},
     )
     reference = make_workspace(tmp_path / "reference", params)
     killed = clone_workspace(reference, tmp_path / "killed")

@@ -157,6 +157,7 @@ class TrainParams:
     checkpoint_average: int = 0
     checkpoint_average_of: str = "last"  # "last" epochs, or the "best" epochs by validation BLEU
     checkpoint_every_n_steps: int = 0
+    profile_steps: int = 0  # >0: profile that many steps of the second epoch (step_profile.json)
 
     def validate(self, prefix: str = "") -> None:
         require(self.batch_tokens > 0, f"{prefix}batch_tokens", "must be > 0")
@@ -176,6 +177,7 @@ class TrainParams:
             f"{prefix}checkpoint_average_of",
             f"must be one of {', '.join(AVERAGE_OF)}, not {self.checkpoint_average_of!r}",
         )
+        require(self.profile_steps >= 0, f"{prefix}profile_steps", "must be >= 0")
         require(
             self.checkpoint_every_n_steps >= 0, f"{prefix}checkpoint_every_n_steps", "must be >= 0"
         )

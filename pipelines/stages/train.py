@@ -45,6 +45,7 @@ from pipelines.training.low_precision import check_precision_support
 from pipelines.training.module import DivergenceError, TranslationModule
 from pipelines.training.rank_failure import first_line, peer_lost, watch_parent
 from pipelines.training.trainer import (
+    PROFILE_FILE,
     accumulation,
     build_trainer,
     global_batch_tokens,
@@ -114,6 +115,9 @@ def train(
     accumulate = accumulation(params.train, world_size(params))
     logger = MLFlowLogger(params.experiment_name, tracking_uri=runs.tracking_uri(), run_id=run_id)
     history = paths.logs / run.name / "history.csv"
+    if launch_rank() == 0:  # a profile of an earlier run must not pass for this one's
+        for stale in history.parent.glob(f"{Path(PROFILE_FILE).stem}*"):
+            stale.unlink()
     trainer, monitor, checkpoint, budget = build_trainer(
         params, run.arch, ckpt_dir, history, logger, accumulate
     )
@@ -134,6 +138,8 @@ def train(
     summary.update(run_id=run_id, parent_run_id=parent_id)
     atomic_write_json(paths.artifacts / run.name / "training.json", summary)
     finish_training_run(client, run_id, summary, history, params.data.validation_split)
+    for profile in sorted(history.parent.glob(f"{Path(PROFILE_FILE).stem}*")):
+        client.log_artifact(run_id, str(profile), artifact_path="profile")
     return summary
 
 

@@ -76,7 +76,7 @@ def training_batches(
     while True:
         sampler.set_epoch(epoch)
         for indices in sampler:
-            yield collate([dataset[i] for i in indices])
+            yield collate(dataset.__getitems__(indices))
         epoch += 1
 
 

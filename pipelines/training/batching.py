@@ -30,8 +30,19 @@ class Example(NamedTuple):
     tgt: np.ndarray
 
 
+class Rows(NamedTuple):
+    """A batch as rows of a split, what :meth:`TranslationDataset.__getitems__` hands the collate:
+    no per-example slicing, the collate gathers the tokens with array indexing."""
+
+    split: TokenizedSplit
+    index: np.ndarray  # int64 [B], row ids in `split`
+
+
 class TranslationDataset(Dataset):
-    """Map-style dataset over a :class:`TokenizedSplit`; item ``i`` is sentence pair ``i``."""
+    """Map-style dataset over a :class:`TokenizedSplit`; item ``i`` is sentence pair ``i``.
+
+    The DataLoader fetches a batch with :meth:`__getitems__` (one call, no per-example work).
+    """
 
     def __init__(self, split: TokenizedSplit) -> None:
         self.split = split
@@ -43,52 +54,78 @@ class TranslationDataset(Dataset):
         index = int(index)
         return Example(index, self.split.src(index), self.split.tgt(index))
 
+    def __getitems__(self, indices: Sequence[int]) -> Rows:
+        """Pairs `indices`, as one batch (what the DataLoader fetches instead of item by item)."""
+        return Rows(self.split, np.array(indices, dtype=np.int64))
+
 
 def round_up(lengths: int | np.ndarray, multiple: int) -> int | np.ndarray:
     """`lengths` (an int or an integer array) rounded up to a multiple of `multiple` (1: as is)."""
     return -(-lengths // multiple) * multiple
 
 
+def _gather(tokens: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The rows ``tokens[starts[i] : starts[i] + lengths[i]]``, concatenated."""
+    ends = np.cumsum(lengths)  # of each row in the output
+    return tokens[np.repeat(starts - (ends - lengths), lengths) + np.arange(ends[-1])]
+
+
 def _pad(
-    rows: Sequence[np.ndarray], prefix: int | None, suffix: int | None, multiple: int = 1
+    values: np.ndarray,
+    lengths: np.ndarray,
+    prefix: int | None,
+    suffix: int | None,
+    multiple: int = 1,
 ) -> torch.Tensor:
-    extra = (prefix is not None) + (suffix is not None)
-    width = round_up(max(len(r) for r in rows) + extra, multiple)
-    out = np.full((len(rows), width), PAD_ID, dtype=np.int64)
-    for i, row in enumerate(rows):
-        start = 0
-        if prefix is not None:
-            out[i, 0] = prefix
-            start = 1
-        out[i, start : start + len(row)] = row
-        if suffix is not None:
-            out[i, start + len(row)] = suffix
+    """Rows of `lengths` tokens, concatenated in `values`, as a [B, W] LongTensor: each row
+    between `prefix` and `suffix` (if not None), then PAD_ID; W the longest, rounded up."""
+    first = int(prefix is not None)
+    width = round_up(int(lengths.max()) + first + (suffix is not None), multiple)
+    out = np.full((len(lengths), width), PAD_ID, dtype=np.int64)
+    # A boolean mask is filled in row-major order: row after row, as `values` is laid out.
+    out[:, first:][np.arange(width - first) < lengths[:, None]] = values
+    if prefix is not None:
+        out[:, 0] = prefix
+    if suffix is not None:
+        out[np.arange(len(lengths)), first + lengths] = suffix
     return torch.from_numpy(out)
 
 
-def collate(batch: Sequence[Example], length_multiple: int = 1) -> dict[str, torch.Tensor]:
-    """Pad a list of examples into LongTensors (batch first, PAD_ID padding).
+def _split_of(examples: Sequence[Example]) -> TokenizedSplit:
+    """The examples' tokens as a split of their own (row ``i`` is ``examples[i]``)."""
+    sides = []
+    for rows in ([ex.src for ex in examples], [ex.tgt for ex in examples]):
+        lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+        sides += [np.concatenate(rows), np.concatenate([[0], np.cumsum(lengths)])]
+    return TokenizedSplit(*sides)
+
+
+def collate(batch: Rows | Sequence[Example], length_multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Pad a batch (:class:`Rows`, or a list of examples) into LongTensors (batch first, PAD_ID).
 
     ``src`` [B, S] is tokens + EOS, ``tgt_in`` [B, T] is BOS + tokens, ``tgt_out`` [B, T] is
     tokens + EOS; ``src_lengths``/``tgt_lengths`` [B] count EOS; ``ntokens`` is the number of
     non-pad target tokens (a 0-dim tensor) and ``index`` [B] the examples' ids in the split.
     S and T are padded up to a multiple of `length_multiple`.
     """
-    if not batch:
+    if not len(batch.index if isinstance(batch, Rows) else batch):
         raise ValueError("collate: empty batch")
-    src = _pad([ex.src for ex in batch], None, EOS_ID, length_multiple)  # [B, S]
-    tgt_in = _pad([ex.tgt for ex in batch], BOS_ID, None, length_multiple)  # [B, T]
-    tgt_out = _pad([ex.tgt for ex in batch], None, EOS_ID, length_multiple)  # [B, T]
-    src_lengths = torch.tensor([len(ex.src) + 1 for ex in batch], dtype=torch.long)
-    tgt_lengths = torch.tensor([len(ex.tgt) + 1 for ex in batch], dtype=torch.long)
+    if isinstance(batch, Rows):
+        split, rows, index = batch.split, batch.index, batch.index
+    else:
+        split, rows, index = _split_of(batch), np.arange(len(batch)), [ex.index for ex in batch]
+    src_lengths, tgt_lengths = split.src_lengths[rows], split.tgt_lengths[rows]  # without EOS
+    src = _gather(split.src_tokens, split.src_offsets[rows], src_lengths)
+    tgt = _gather(split.tgt_tokens, split.tgt_offsets[rows], tgt_lengths)
+    tgt_counts = torch.from_numpy(tgt_lengths + 1)  # with EOS
     return {
-        "src": src,
-        "tgt_in": tgt_in,
-        "tgt_out": tgt_out,
-        "src_lengths": src_lengths,
-        "tgt_lengths": tgt_lengths,
-        "ntokens": tgt_lengths.sum(),
-        "index": torch.tensor([ex.index for ex in batch], dtype=torch.long),
+        "src": _pad(src, src_lengths, None, EOS_ID, length_multiple),  # [B, S]
+        "tgt_in": _pad(tgt, tgt_lengths, BOS_ID, None, length_multiple),  # [B, T]
+        "tgt_out": _pad(tgt, tgt_lengths, None, EOS_ID, length_multiple),  # [B, T]
+        "src_lengths": torch.from_numpy(src_lengths + 1),
+        "tgt_lengths": tgt_counts,
+        "ntokens": tgt_counts.sum(),
+        "index": torch.tensor(index, dtype=torch.long),
     }
 
 

@@ -71,9 +71,12 @@ class TrainingMonitor(pl.Callback):
         self._tokens = torch.zeros((), device=module.device, dtype=torch.int64)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        # Accumulated on device: no host sync except at the logging interval.
+        # Accumulated on device: no host sync except where a window closes: every
+        # log_every_n_steps batches, and at the epoch's last batch (before validation), so that
+        # an epoch shorter than the interval is measured too.
         self._tokens += (batch["src"] != PAD_ID).sum() + (batch["tgt_out"] != PAD_ID).sum()
-        if (batch_idx + 1) % self.log_every_n_steps == 0:
+        last = batch_idx + 1 == trainer.num_training_batches
+        if (batch_idx + 1) % self.log_every_n_steps == 0 or last:
             tokens = trainer.strategy.reduce(self._tokens, reduce_op="sum")
             elapsed = time.perf_counter() - self._window_start
             rate = float(tokens) / max(elapsed, 1e-9)

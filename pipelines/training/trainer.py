@@ -17,9 +17,11 @@ from pipelines.training.budget import TrainingBudget
 from pipelines.training.callbacks import AtomicCheckpointIO, InEpochCheckpoint, TrainingMonitor
 from pipelines.training.cuda_graphs import CudaGraphsCallback
 from pipelines.training.low_precision import LowPrecisionWeightsCallback
+from pipelines.training.profiling import StepProfiler
 from pipelines.training.progress import training_progress_bar
 
 MONITOR = "val/bleu"
+PROFILE_FILE = "step_profile.json"  # beside the history file, with train.profile_steps
 
 
 def world_size(params: Params) -> int:
@@ -72,8 +74,8 @@ def build_trainer(
 ) -> tuple[pl.Trainer, TrainingMonitor, ModelCheckpoint, TrainingBudget]:
     """The Trainer of `arch`: checkpoints in `checkpoints` (best by validation BLEU, last after
     every validation), the monitor writing `history_file`, early stopping, the comparison's
-    budget, the GPU fast paths; returns it with its monitor, best-checkpoint callback and
-    budget."""
+    budget, the GPU fast paths, and with ``train.profile_steps`` the step profiler (its summary
+    beside `history_file`); returns it with its monitor, best-checkpoint callback and budget."""
     optim = params.arch(arch).optim
     monitor = TrainingMonitor(history_file, params.train.log_every_n_steps)
     budget = TrainingBudget(params.budget)
@@ -128,6 +130,9 @@ def build_trainer(
                 check_on_train_epoch_end=False,
             )
         )
+    profiler = None
+    if params.train.profile_steps:
+        profiler = StepProfiler(params.train.profile_steps, history_file.parent / PROFILE_FILE)
     trainer = pl.Trainer(
         accelerator=params.train.accelerator,
         devices=params.train.devices,
@@ -142,6 +147,7 @@ def build_trainer(
         callbacks=callbacks,
         logger=logger,
         plugins=[AtomicCheckpointIO()],
+        profiler=profiler,
         use_distributed_sampler=False,
         num_sanity_val_steps=0,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +12,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from models.vocab import BOS_ID, EOS_ID, PAD_ID
-from pipelines.training.batching import TokenBucketBatchSampler, TranslationDataset, batch_stats, collate
 from pipelines.core.errors import PipelineError
 from pipelines.data.tokenized import TokenizedSplit, load_split
+from pipelines.training.batching import (
+    TokenBucketBatchSampler,
+    TranslationDataset,
+    batch_stats,
+    collate,
+)
 
 BUDGETS = [64, 150, 256, 333, 1000]
 
@@ -206,10 +213,13 @@ def test_replicas_from_torch_distributed(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- collate
 
 
-def test_collate_shapes_and_values() -> None:
+@pytest.mark.parametrize("fetch", ["getitems", "examples"])
+def test_collate_shapes_and_values(fetch: str) -> None:
     split = TokenizedSplit.from_ids([[10, 11, 12], [13]], [[20], [21, 22, 23, 24]])
     dataset = TranslationDataset(split)
-    batch = collate([dataset[1], dataset[0]])
+    batch = collate(
+        dataset.__getitems__([1, 0]) if fetch == "getitems" else [dataset[1], dataset[0]]
+    )
     assert batch["src"].tolist() == [[13, EOS_ID, PAD_ID, PAD_ID], [10, 11, 12, EOS_ID]]
     assert batch["tgt_in"].tolist() == [[BOS_ID, 21, 22, 23, 24], [BOS_ID, 20, 0, 0, 0]]
     assert batch["tgt_out"].tolist() == [[21, 22, 23, 24, EOS_ID], [20, EOS_ID, 0, 0, 0]]
@@ -240,3 +250,84 @@ def test_dataloader_over_real_split(train_split: TokenizedSplit) -> None:
         assert (batch["src"][rows, batch["src_lengths"] - 1] == EOS_ID).all()
         assert (batch["tgt_out"][rows, batch["tgt_lengths"] - 1] == EOS_ID).all()
         assert src_len == int(batch["src_lengths"].max())
+
+
+def reference(split: TokenizedSplit, ids: list[int], multiple: int = 1) -> dict[str, torch.Tensor]:
+    """The collate written row by row, with lists: what the vectorised one must equal."""
+
+    def pad(rows: list[list[int]], prefix: list[int], suffix: list[int]) -> torch.Tensor:
+        rows = [prefix + row + suffix for row in rows]
+        width = -(-max(len(row) for row in rows) // multiple) * multiple
+        return torch.tensor([row + [PAD_ID] * (width - len(row)) for row in rows], dtype=torch.long)
+
+    src = [split.src(i).tolist() for i in ids]
+    tgt = [split.tgt(i).tolist() for i in ids]
+    return {
+        "src": pad(src, [], [EOS_ID]),
+        "tgt_in": pad(tgt, [BOS_ID], []),
+        "tgt_out": pad(tgt, [], [EOS_ID]),
+        "src_lengths": torch.tensor([len(row) + 1 for row in src], dtype=torch.long),
+        "tgt_lengths": torch.tensor([len(row) + 1 for row in tgt], dtype=torch.long),
+        "ntokens": torch.tensor(sum(len(row) + 1 for row in tgt), dtype=torch.long),
+        "index": torch.tensor(ids, dtype=torch.long),
+    }
+
+
+def assert_same(batch: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert batch.keys() == expected.keys()
+    for key, value in expected.items():
+        assert batch[key].dtype == value.dtype == torch.long, key
+        assert batch[key].shape == value.shape, key
+        assert torch.equal(batch[key], value), key
+
+
+@pytest.mark.parametrize("multiple", [1, 8])
+def test_collate_equals_the_per_row_reference_over_an_epoch(
+    train_split: TokenizedSplit, multiple: int
+) -> None:
+    sampler = samplers(train_split, 1, 333, seed=4, length_multiple=multiple)[0]
+    dataset = TranslationDataset(train_split)
+    for ids in sampler:
+        expected = reference(train_split, ids, multiple)
+        assert_same(collate(dataset.__getitems__(ids), multiple), expected)
+        assert_same(collate([dataset[i] for i in ids], multiple), expected)
+
+
+@pytest.mark.parametrize("multiple", [1, 4])
+@pytest.mark.parametrize("ids", [[0], [2], [3], [0, 2], [1, 0, 3, 2], [3, 1]])
+def test_collate_of_empty_sentences_and_single_examples(ids: list[int], multiple: int) -> None:
+    split = TokenizedSplit.from_ids([[], [5, 6], [], [7]], [[8], [], [], [9, 10, 11]])
+    dataset = TranslationDataset(split)
+    expected = reference(split, ids, multiple)
+    assert_same(collate(dataset.__getitems__(ids), multiple), expected)
+    assert_same(collate([dataset[i] for i in ids], multiple), expected)
+
+
+def test_empty_batches_are_refused() -> None:
+    dataset = TranslationDataset(TokenizedSplit.from_ids([[5]], [[6]]))
+    for batch in (dataset.__getitems__([]), []):
+        with pytest.raises(ValueError, match="empty batch"):
+            collate(batch)
+
+
+def test_getitems_copies_the_indices(train_split: TokenizedSplit) -> None:
+    ids = np.array([3, 1, 2])
+    batch = collate(TranslationDataset(train_split).__getitems__(ids))
+    ids[:] = 0
+    assert batch["index"].tolist() == [3, 1, 2]
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_loader_batches_equal_the_reference(train_split: TokenizedSplit, num_workers: int) -> None:
+    sampler = samplers(train_split, 1, 256, seed=6, length_multiple=8)[0]
+    dataset = pickle.loads(pickle.dumps(TranslationDataset(train_split)))  # as sent to workers
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=functools.partial(collate, length_multiple=8),
+        num_workers=num_workers,
+    )
+    batches = list(loader)
+    assert len(batches) == len(sampler)
+    for batch, ids in zip(batches, sampler, strict=True):
+        assert_same(batch, reference(train_split, ids, 8))
