@@ -1,10 +1,12 @@
 """Two-process Lightning DDP for tests/test_gradient_sync.py: a small network trained a few
-steps with DDP's own gradient reduction (`ddp`), with `FlatGradientSync` instead (`flat`), with
-DDP's reduction switched off and nothing in its place (`none`), or, on two GPUs, through the
-pipeline's CUDA graphs callback (`graphs`: replayed steps, one flat all-reduce). Every rank saves
-its final weights and the number of flat reductions to ``<out>/<mode>-rank<r>.pt``.
+steps with DDP's own gradient reduction (`ddp`), with `FlatGradientSync` instead (`flat`; with
+the gradients laid out in one flat buffer, reduced in place, as CUDA graphs lay them out:
+`inplace`), with DDP's reduction switched off and nothing in its place (`none`), or, on two GPUs,
+through the pipeline's CUDA graphs callback (`graphs`: replayed steps, one flat all-reduce).
+Every rank saves its final weights, the number of flat reductions and whether every gradient is
+(still) a view of the flat buffer to ``<out>/<mode>-<accumulate>-rank<r>.pt``.
 
-    python -m tests.ddp_flat_sync_run <out> <ddp|flat|none|graphs> [cpu|gpu] [accumulate]
+    python -m tests.ddp_flat_sync_run <out> <ddp|flat|inplace|none|graphs> [cpu|gpu] [accumulate]
 
 With `accumulate` > 1, gradients of that many batches are summed before each optimizer step
 (Lightning runs DDP's backward under no_sync for all but the last): one reduction per step.
@@ -20,7 +22,7 @@ import torch
 from torch import nn
 
 from pipelines.training.cuda_graphs import CudaGraphsCallback
-from pipelines.training.gradient_sync import FlatGradientSync
+from pipelines.training.gradient_sync import FlatGradientSync, flat_gradients
 
 STEPS = 8
 
@@ -58,6 +60,30 @@ class _OffOnly(FlatGradientSync):
         pass
 
 
+class _FlatLayout:
+    """Stands in for `StepGraphs` on the CPU: the eager loss, the gradients in one flat buffer."""
+
+    def __init__(self, module: pl.LightningModule) -> None:
+        self.loss = module.training_loss
+        self.flat_gradients = flat_gradients(list(module.parameters()))
+
+    def __call__(self, *inputs):
+        return self.loss(*inputs)
+
+
+class _LayOutFlat(pl.Callback):
+    def on_train_start(self, trainer, pl_module) -> None:
+        pl_module.step_graphs = _FlatLayout(pl_module)
+
+
+def _grads_are_views(module: pl.LightningModule) -> bool:
+    flat = getattr(module.step_graphs, "flat_gradients", None)
+    if flat is None:
+        return False
+    storage = flat.untyped_storage().data_ptr()
+    return all(p.grad.untyped_storage().data_ptr() == storage for p in module.parameters())
+
+
 class _SaveWeights(pl.Callback):
     def __init__(self, out: Path, mode: str, sync: FlatGradientSync | None) -> None:
         self.out, self.mode, self.sync = out, mode, sync
@@ -66,8 +92,8 @@ class _SaveWeights(pl.Callback):
         state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
         reductions = self.sync.reductions if self.sync else 0
         name = f"{self.mode}-{trainer.accumulate_grad_batches}-rank{trainer.global_rank}.pt"
-        path = self.out / name
-        torch.save({"state": state, "reductions": reductions}, path)
+        views = _grads_are_views(pl_module)
+        torch.save({"state": state, "reductions": reductions, "views": views}, self.out / name)
 
 
 def main(out: Path, mode: str, accelerator: str, accumulate: int) -> None:
@@ -79,8 +105,10 @@ def main(out: Path, mode: str, accelerator: str, accumulate: int) -> None:
         torch.utils.data.TensorDataset(inputs, targets), batch_size=16, shuffle=False
     )
     graphs = CudaGraphsCallback()
-    sync = {"flat": FlatGradientSync(), "none": _OffOnly(), "graphs": graphs.sync}.get(mode)
+    flat = FlatGradientSync()
+    sync = {"flat": flat, "inplace": flat, "none": _OffOnly(), "graphs": graphs.sync}.get(mode)
     callbacks: list[pl.Callback] = [_SaveWeights(out, mode, sync)]
+    callbacks += [_LayOutFlat()] if mode == "inplace" else []
     callbacks += [graphs] if mode == "graphs" else [sync] if sync else []
     trainer = pl.Trainer(
         accelerator=accelerator,

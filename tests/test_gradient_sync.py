@@ -36,8 +36,8 @@ def _train(out, mode: str, accelerator: str = "cpu", accumulate: int = 1) -> lis
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("flat_sync")
-    runs = {mode: _train(out, mode) for mode in ("ddp", "flat", "none")}
-    runs |= {f"{mode}+accumulate": _train(out, mode, accumulate=2) for mode in ("ddp", "flat")}
+    runs = {mode: _train(out, mode) for mode in ("ddp", "flat", "inplace", "none")}
+    runs |= {f"{mode}+accumulate": _train(out, mode, accumulate=2) for mode in ("ddp", "inplace")}
     return runs
 
 
@@ -54,13 +54,38 @@ def test_flat_all_reduce_trains_as_ddp_does(trained):
     assert flat[0]["reductions"] == flat[1]["reductions"] == STEPS  # one all-reduce per step
 
 
+def test_gradients_laid_out_flat_are_reduced_in_place_as_ddp_reduces_them(trained):
+    """The layout of CUDA graphs' gradients (views of one buffer, reduced with no copies): the
+    same weights as DDP's reduction, and the gradients are still views after training."""
+    ddp, inplace = trained["ddp"], trained["inplace"]
+    assert inplace[0]["views"] and inplace[1]["views"]
+    assert not trained["flat"][0]["views"]  # the copying path, for gradients laid out apart
+    assert _max_difference(inplace[0]["state"], inplace[1]["state"]) == 0.0
+    assert _max_difference(inplace[0]["state"], ddp[0]["state"]) <= TOLERANCE
+    assert _max_difference(inplace[0]["state"], trained["flat"][0]["state"]) <= TOLERANCE
+
+
+def test_flat_gradients_keep_values_and_refuse_mixed_dtypes():
+    from pipelines.training.gradient_sync import flat_gradients
+
+    weights = [torch.zeros(2, 3, requires_grad=True), torch.zeros(4, requires_grad=True)]
+    weights[0].grad = torch.arange(6.0).reshape(2, 3)
+    buffer = flat_gradients(weights)
+    assert buffer.tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 0.0, 0.0, 0.0, 0.0]
+    buffer.mul_(2)  # the gradients are the buffer
+    assert weights[0].grad.tolist() == [[0.0, 2.0, 4.0], [6.0, 8.0, 10.0]]
+    assert weights[1].grad.shape == (4,)
+    mixed = [torch.zeros(2, requires_grad=True), torch.zeros(2, dtype=torch.float64)]
+    assert flat_gradients(mixed) is None and mixed[0].grad is None
+
+
 def test_with_accumulation_the_flat_all_reduce_runs_once_per_optimizer_step(trained):
     """Two batches per step: DDP reduces on the last (Lightning runs the first under no_sync),
     the flat buffer after both; the same sums, one reduction per optimizer step."""
-    ddp, flat = trained["ddp+accumulate"], trained["flat+accumulate"]
+    ddp, flat = trained["ddp+accumulate"], trained["inplace+accumulate"]
     assert _max_difference(flat[0]["state"], flat[1]["state"]) == 0.0
     assert _max_difference(flat[0]["state"], ddp[0]["state"]) <= TOLERANCE
-    assert _max_difference(flat[0]["state"], trained["flat"][0]["state"]) > 1e-3  # it accumulated
+    assert _max_difference(flat[0]["state"], trained["inplace"][0]["state"]) > 1e-3  # accumulated
     from tests.ddp_flat_sync_run import STEPS
 
     assert flat[0]["reductions"] == STEPS
@@ -94,3 +119,4 @@ def test_cuda_graphs_under_ddp_train_as_eager_ddp_does(tmp_path):
     assert _max_difference(graphed[0]["state"], graphed[1]["state"]) == 0.0
     assert _max_difference(graphed[0]["state"], eager[0]["state"]) <= TOLERANCE
     assert graphed[0]["reductions"] > 0
+    assert graphed[0]["views"] and graphed[1]["views"]  # reduced in place, no copies

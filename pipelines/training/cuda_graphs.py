@@ -13,7 +13,8 @@ The graphs run the same kernels in the same order as the eager step, with dropou
 the same random stream (a replay advances the generator as the eager kernels would), so training
 is the same as without them. Inside a graph the parameters' gradients are added, in one
 multi-tensor kernel, to the gradient tensors they had at capture: zero them in place between
-steps (``zero_grad(set_to_none=False)``).
+steps (``zero_grad(set_to_none=False)``). Those tensors are views of one flat buffer
+(``StepGraphs.flat_gradients``), which DDP's all-reduce averages in place.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from pipelines.training.gradient_sync import FlatGradientSync
+from pipelines.training.gradient_sync import FlatGradientSync, flat_gradients
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ class StepGraphs:
         self._pool = torch.cuda.graph_pool_handle()
         self._stream = torch.cuda.Stream(self.device)
         self._gradients: list[Tensor] = []
+        self.flat_gradients: Tensor | None = None  # the gradients, when laid out flat
         self._anchor = torch.empty(0, device=self.device, requires_grad=True)
 
     def __call__(self, *inputs: Tensor) -> tuple[Tensor, ...]:
@@ -135,7 +137,8 @@ class StepGraphs:
     def _capture_graphs(self, inputs: Sequence[Tensor]) -> _Captured:
         # No autograd graph of an earlier call may be alive here: its gradient accumulators
         # would stay bound to the stream they were created on, outside the capture.
-        if not self._gradients:
+        if not self._gradients:  # one flat buffer where it can (DDP reduces it in place)
+            self.flat_gradients = flat_gradients(self.parameters)
             for p in self.parameters:
                 if p.grad is None:
                     p.grad = torch.zeros_like(p)
