@@ -179,7 +179,7 @@ class StepProfiler(Profiler):
         self._trace: _Window | None = None
         self._profiler: torch.profiler.profile | None = None
         self._events: list[Any] = []
-        self._written = False
+        self._warned = False
 
     def start(self, action_name: str) -> None:
         now = time.perf_counter()
@@ -238,17 +238,19 @@ class StepProfiler(Profiler):
         self.write()
 
     def describe(self) -> None:
-        """At the end of fit (Lightning calls it): write what was measured, if not yet done."""
-        if self._timing is not None and not self._written:
+        """At the end of fit (Lightning calls it): write what was measured, with this process's
+        peak GPU memory of the whole run."""
+        if self._timing is not None:
             self.write()
 
     def write(self) -> None:
         """The summary of both windows, as far as they went, to `output` (``.rank<r>`` added to
         its name on ranks other than 0)."""
-        self._written = True
         timing = self._timing
         if timing is None or not timing.counted:
-            log.warning("train.profile_steps: no step of a second epoch was timed; no profile")
+            if not self._warned:
+                log.warning("train.profile_steps: no step of a second epoch was timed; no profile")
+            self._warned = True
             return
         summary: dict[str, Any] = {
             "epoch": 1,  # counted from the first epoch this process trained
@@ -270,6 +272,9 @@ class StepProfiler(Profiler):
             }
             if torch.cuda.is_available():
                 summary["trace"]["gpu"] = kernel_summary(events, steps)
+        if torch.cuda.is_available():  # so far: the whole run's, once fit has ended
+            summary["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+            summary["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 3)
         output = self.output
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             summary["rank"] = rank = torch.distributed.get_rank()
