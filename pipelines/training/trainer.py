@@ -19,6 +19,7 @@ from pipelines.training.cuda_graphs import CudaGraphsCallback
 from pipelines.training.low_precision import LowPrecisionWeightsCallback
 from pipelines.training.profiling import StepProfiler
 from pipelines.training.progress import training_progress_bar
+from pipelines.training.sigterm import HostSigtermCheck
 
 MONITOR = "val/bleu"
 PROFILE_FILE = "step_profile.json"  # beside the history file, with train.profile_steps
@@ -98,7 +99,8 @@ def build_trainer(
         enable_version_counter=False,
         save_on_train_epoch_end=False,
     )
-    callbacks: list[pl.Callback] = [monitor, budget, checkpoint, last]
+    # With several processes: Lightning's per-step SIGTERM check on the host, not the GPU.
+    callbacks: list[pl.Callback] = [monitor, budget, checkpoint, last, HostSigtermCheck()]
     # The bar reads the logged loss (a host-device sync) only when the logger does.
     callbacks.append(training_progress_bar(params.train.log_every_n_steps))
     if params.train.checkpoint_every_n_steps:  # also refresh last.ckpt inside long epochs
