@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from pipelines.training.sigterm import HostSigtermCheck
+from tests.training_helpers import quiet_trainer
 
 STEP = 3
 
@@ -61,16 +62,9 @@ def main(out: Path, mode: str) -> None:
         torch.utils.data.TensorDataset(torch.randn(800, 4), torch.randn(800, 1)), batch_size=4
     )
     check = HostSigtermCheck() if mode == "host" else None
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
-        max_epochs=1,
-        callbacks=[_SigtermAtStep(out, mode, check), *([check] if check else [])],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+    callbacks = [_SigtermAtStep(out, mode, check), *([check] if check else [])]
+    trainer = quiet_trainer(
+        callbacks, precision="32-true", accelerator="cpu", devices=2, strategy="ddp", max_epochs=1
     )
     trainer.fit(_Regression(), data)
 
