@@ -46,3 +46,21 @@ def test_without_several_processes_nothing_is_replaced():
     check.setup(trainer, None, "fit")
     check.on_train_start(trainer, None)
     assert METHOD not in vars(trainer.fit_loop.epoch_loop)  # the class's own method stays
+
+
+def test_across_machines_lightning_s_check_stays(monkeypatch):
+    """gloo across machines needs a network set-up an NCCL run may not have: no group there."""
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    from pipelines.training.sigterm import HostSigtermCheck
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    made = []
+    monkeypatch.setattr(dist, "new_group", lambda **kwargs: made.append(kwargs))
+    check = HostSigtermCheck()
+    check.setup(SimpleNamespace(world_size=16, num_nodes=2), None, "fit")
+    assert made == []
+    check.setup(SimpleNamespace(world_size=8, num_nodes=1), None, "fit")
+    assert made == [{"backend": "gloo"}]

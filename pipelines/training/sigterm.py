@@ -36,15 +36,18 @@ METHOD = "_broadcast_sigterm_tensor"  # Lightning's training epoch loop's per-st
 
 class HostSigtermCheck(pl.Callback):
     """Moves the training loop's per-step SIGTERM broadcast, and the one of Lightning's SIGTERM
-    handler, to a gloo group, on every rank of a multi-process run. `checks` counts the per-step
-    broadcasts (one per training batch)."""
+    handler, to a gloo group, on every rank of a multi-process run on one machine. `checks`
+    counts the per-step broadcasts (one per training batch)."""
 
     def __init__(self) -> None:
         self.checks = 0
         self._group: Any = None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit" and trainer.world_size > 1 and dist.is_initialized():
+        # One machine only: across machines gloo needs its own network set-up (interfaces,
+        # ports), which a run that works over NCCL may not have; there Lightning's check stays.
+        several = trainer.world_size > 1 and dist.is_initialized()
+        if stage == "fit" and several and trainer.num_nodes == 1:
             self._group = dist.new_group(backend="gloo")  # every rank runs setup, in step
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
