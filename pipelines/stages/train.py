@@ -43,9 +43,9 @@ from pipelines.training.datamodule import TranslationDataModule
 from pipelines.training.export import export_model, warm_start
 from pipelines.training.low_precision import check_precision_support
 from pipelines.training.module import DivergenceError, TranslationModule
+from pipelines.training.profiling import profile_files
 from pipelines.training.rank_failure import first_line, peer_lost, watch_parent
 from pipelines.training.trainer import (
-    PROFILE_FILE,
     accumulation,
     build_trainer,
     global_batch_tokens,
@@ -116,7 +116,7 @@ def train(
     logger = MLFlowLogger(params.experiment_name, tracking_uri=runs.tracking_uri(), run_id=run_id)
     history = paths.logs / run.name / "history.csv"
     if launch_rank() == 0:  # a profile of an earlier run must not pass for this one's
-        for stale in history.parent.glob(f"{Path(PROFILE_FILE).stem}*"):
+        for stale in profile_files(history.parent):
             stale.unlink()
     trainer, monitor, checkpoint, budget = build_trainer(
         params, run.arch, ckpt_dir, history, logger, accumulate
@@ -138,7 +138,7 @@ def train(
     summary.update(run_id=run_id, parent_run_id=parent_id)
     atomic_write_json(paths.artifacts / run.name / "training.json", summary)
     finish_training_run(client, run_id, summary, history, params.data.validation_split)
-    for profile in sorted(history.parent.glob(f"{Path(PROFILE_FILE).stem}*")):
+    for profile in profile_files(history.parent):
         client.log_artifact(run_id, str(profile), artifact_path="profile")
     return summary
 

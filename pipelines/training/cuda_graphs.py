@@ -139,9 +139,10 @@ class StepGraphs:
         # would stay bound to the stream they were created on, outside the capture.
         if not self._gradients:  # one flat buffer where it can (DDP reduces it in place)
             self.flat_gradients = flat_gradients(self.parameters)
-            for p in self.parameters:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
+            if self.flat_gradients is None:  # mixed dtypes or devices: one tensor each
+                for p in self.parameters:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
             self._gradients = [p.grad for p in self.parameters]
         self._check_gradients()
         static_inputs = [t.detach().clone() for t in inputs]

@@ -43,9 +43,15 @@ KERNEL_CATEGORIES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("elementwise", re.compile(r"elementwise|vectorized|unrolled|pointwise|activation", re.I)),
 )
 
+PROFILE_FILE = "step_profile.json"  # rank 0's; other ranks' add ``.rank<r>`` to the stem
 STEP = "run_training_batch"  # Lightning's action around one training batch
 EPOCH = "run_training_epoch"
 WARMUP_STEPS = 2  # profiled but not counted: the profiler's own start-up
+
+
+def profile_files(folder: Path) -> list[Path]:
+    """The step profiles in `folder`, every rank's, in name order."""
+    return sorted(folder.glob(f"{Path(PROFILE_FILE).stem}*"))
 
 
 def kernel_category(name: str) -> str:

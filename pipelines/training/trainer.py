@@ -17,12 +17,11 @@ from pipelines.training.budget import TrainingBudget
 from pipelines.training.callbacks import AtomicCheckpointIO, InEpochCheckpoint, TrainingMonitor
 from pipelines.training.cuda_graphs import CudaGraphsCallback
 from pipelines.training.low_precision import LowPrecisionWeightsCallback
-from pipelines.training.profiling import StepProfiler
+from pipelines.training.profiling import PROFILE_FILE, StepProfiler
 from pipelines.training.progress import training_progress_bar
 from pipelines.training.sigterm import HostSigtermCheck
 
 MONITOR = "val/bleu"
-PROFILE_FILE = "step_profile.json"  # beside the history file, with train.profile_steps
 
 
 def world_size(params: Params) -> int:
