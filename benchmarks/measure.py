@@ -49,7 +49,8 @@ class ThroughputSettings:
 @dataclass
 class Subject:
     """One model to measure, trained as `optim` says: compiled, with bf16 weight copies kept
-    between steps, or replaying CUDA graphs of its loss. `memory_baseline`: the allocated and
+    between steps, replaying CUDA graphs of its loss, its output projection fused with the loss.
+    `memory_baseline`: the allocated and
     reserved bytes before it was built (other models are kept for their profiles)."""
 
     name: str
@@ -59,6 +60,7 @@ class Subject:
     compiled: bool = False
     low_precision_weights: bool = False
     cuda_graphs: bool = False
+    fused_loss: bool = False
     memory_baseline: tuple[int, int] = (0, 0)
 
 
@@ -153,7 +155,7 @@ def measure(
     optimizer = build_optimizer(model, optim.lr, optim.betas, optim.weight_decay, fused=fused)
     step = make_step(
         model, subject.forward, optimizer, optim.label_smoothing, settings.gradient_clip_val,
-        settings.precision, copies, subject.cuda_graphs,
+        settings.precision, copies, subject.cuda_graphs, subject.fused_loss,
     )  # fmt: skip
     model.train()
     timing = time_steps(step, batches.tensors, settings)
@@ -193,6 +195,7 @@ def figures(
         "autocast_bf16": settings.autocast_bf16,
         "low_precision_weights": subject.low_precision_weights,
         "cuda_graphs": subject.cuda_graphs,
+        "fused_loss": subject.fused_loss,
         "parameters": sum(p.numel() for p in subject.model.parameters()),
         "encoder_parameters": encoder_params,
         "decoder_parameters": decoder_params,

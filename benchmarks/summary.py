@@ -24,10 +24,11 @@ def without_weight_copies(run: dict[str, Any]) -> bool:
 
 
 def run_label(run: dict[str, Any]) -> str:
-    """The model's name, how it ran (compiled; CUDA graphs; autocast casts instead of bf16 weight
-    copies) and the round."""
+    """The model's name, how it ran (compiled; CUDA graphs; fused loss; autocast casts instead of
+    bf16 weight copies) and the round."""
     label = run["name"] + (" +compile" if run.get("compiled") else "")
     label += " +graphs" if run.get("cuda_graphs") else ""
+    label += " +fused-loss" if run.get("fused_loss") else ""
     label += " -copies" if without_weight_copies(run) else ""
     if run.get("round"):
         label += f" (round {run['round'] + 1})"
@@ -39,13 +40,14 @@ def metric_label(run: dict[str, Any]) -> str:
     label = run["name"].replace("(", "_").replace(")", "")
     label += "_without_weight_copies" if without_weight_copies(run) else ""
     label += "_cuda_graphs" if run.get("cuda_graphs") else ""
+    label += "_fused_loss" if run.get("fused_loss") else ""
     return label + ("_compiled" if run.get("compiled") else "")
 
 
 def speedup_key(ours: dict[str, Any], marian: dict[str, Any]) -> str:
     """'ours_<mode>_vs_marian_<mode>': eager, compiled, cuda_graphs or compiled_cuda_graphs, and
     eager without bf16 weight copies."""
-    parts = [m for m in ("compiled", "cuda_graphs") if ours.get(m)] or ["eager"]
+    parts = [m for m in ("compiled", "cuda_graphs", "fused_loss") if ours.get(m)] or ["eager"]
     mode = "_".join(parts) + ("_without_weight_copies" if without_weight_copies(ours) else "")
     marian_mode = "compiled" if marian["compiled"] else "eager"
     return f"ours_{mode}_vs_marian_{marian_mode}"

@@ -49,10 +49,17 @@ class Seq2Seq(nn.Module, ABC):
     # True when teacher-forced training never waits on the host (no data-dependent shapes), so
     # its forward and backward pass can be captured as CUDA graphs (pipelines.training.cuda_graphs).
     graph_safe: bool = False
+    # True when `features` is implemented: forward's logits are output_projection(features).
+    has_features: bool = False
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher forcing: src [B, S], tgt_in [B, T] (BOS-prefixed) -> logits [B, T, V]."""
         return self.decode(tgt_in, self.encode(src))
+
+    def features(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher forcing: the decoder's output [B, T, D] that ``self.output_projection`` alone
+        maps to forward's logits (where `has_features`: a fused loss takes it from there)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its output features")
 
     @abstractmethod
     def encode(self, src: Tensor) -> EncoderOutput:

@@ -154,6 +154,7 @@ class TransformerSeq2Seq(Seq2Seq):
     """Embeddings + positional encoding, N encoder layers, N decoder layers, output projection."""
 
     graph_safe = True
+    has_features = True
 
     def __init__(self, config: TransformerConfig, src_vocab_size: int, tgt_vocab_size: int) -> None:
         super().__init__()
@@ -216,7 +217,8 @@ class TransformerSeq2Seq(Seq2Seq):
     def _decode(
         self, tgt_in: Tensor, encoder_out: EncoderOutput, need_weights: bool = False
     ) -> tuple[Tensor, Tensor | None]:
-        """-> logits [B, T, V] and the last layer's cross-attention [B, H, T, S] if asked for."""
+        """-> the decoder's output features [B, T, D] (what `output_projection` maps to the
+        logits) and the last layer's cross-attention [B, H, T, S] if asked for."""
         x = self._embed(self.tgt_embedding, tgt_in)  # [B, T, D]
         last = len(self.decoder_layers) - 1
         for i, layer in enumerate(self._layers(1)):
@@ -226,10 +228,13 @@ class TransformerSeq2Seq(Seq2Seq):
                 encoder_out.src_pad_mask,
                 need_weights=need_weights and i == last,
             )
-        return self.output_projection(self.decoder_norm(x)), weights
+        return self.decoder_norm(x), weights
 
     def decode(self, tgt_in: Tensor, encoder_out: EncoderOutput) -> Tensor:
-        return self._decode(tgt_in, encoder_out)[0]
+        return self.output_projection(self._decode(tgt_in, encoder_out)[0])
+
+    def features(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        return self._decode(tgt_in, self.encode(src))[0]
 
     def init_decoder_state(self, encoder_out: EncoderOutput) -> TransformerDecoderState:
         memory = encoder_out.memory

@@ -77,6 +77,7 @@ def build_module(
         seed=run.seed,
         validation_bleu=validation,
         checkpoint_extras={"run_id": run_id},
+        fused_loss=params.train.fused_loss,
     )
     if params.train.compile:  # in place: state-dict keys stay unprefixed for export and resume
         module.model.compile_for_training()

@@ -6,6 +6,7 @@ The architecture itself is a plain ``models`` module; this class owns only the t
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import lightning.pytorch as pl
@@ -14,9 +15,12 @@ from torch import Tensor
 
 from models import PAD_ID, build_model
 from pipelines.training.cuda_graphs import StepGraphs
+from pipelines.training.fused_loss import fused_token_mean_loss
 from pipelines.training.loss import label_smoothed_nll, token_mean_loss
 from pipelines.training.optim import build_optimizer, build_scheduler
 from pipelines.training.validation import IndexedTokens, ValidationBleu
+
+log = logging.getLogger(__name__)
 
 
 class DivergenceError(RuntimeError):
@@ -36,12 +40,18 @@ class TranslationModule(pl.LightningModule):
         seed: int = 0,
         validation_bleu: ValidationBleu | None = None,
         checkpoint_extras: dict[str, Any] | None = None,
+        fused_loss: bool = False,
     ) -> None:
         """`validation_bleu` scores every validation epoch (without it, only loss and perplexity);
-        `checkpoint_extras` are stored in every checkpoint under ``nmt`` (the MLflow run id)."""
+        `checkpoint_extras` are stored in every checkpoint under ``nmt`` (the MLflow run id);
+        `fused_loss` computes the training loss with the output projection
+        (`pipelines.training.fused_loss`) for models that expose their output features."""
         super().__init__()
         self.save_hyperparameters(ignore=["validation_bleu", "checkpoint_extras"])
         self.model = build_model(model_config, src_vocab_size, tgt_vocab_size)
+        self.fused_loss = fused_loss and self.model.has_features
+        if fused_loss and not self.fused_loss:
+            log.info("fused loss off: %s has no output features", type(self.model).__name__)
         self.optim = optim
         self.validation_bleu = validation_bleu
         self.checkpoint_extras = dict(checkpoint_extras or {})
@@ -56,8 +66,11 @@ class TranslationModule(pl.LightningModule):
 
     def training_loss(self, src: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> tuple[Tensor, Tensor]:
         """Label-smoothed loss per target token, and the plain NLL per token (detached)."""
-        logits = self.model(src, tgt_in)
-        return token_mean_loss(logits, tgt_out, self.optim["label_smoothing"])
+        smoothing = self.optim["label_smoothing"]
+        if self.fused_loss:
+            features = self.model.features(src, tgt_in)
+            return fused_token_mean_loss(features, self.model.output_projection, tgt_out, smoothing)
+        return token_mean_loss(self.model(src, tgt_in), tgt_out, smoothing)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss_function = self.step_graphs or self.training_loss

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from pipelines.training.cuda_graphs import StepGraphs
+from pipelines.training.fused_loss import fused_token_mean_loss
 from pipelines.training.loss import token_mean_loss
 from pipelines.training.low_precision import LowPrecisionWeights
 
@@ -27,12 +28,14 @@ def make_step(
     precision: str,
     low_precision_weights: bool = False,
     cuda_graphs: bool = False,
+    fused_loss: bool = False,
 ) -> Callable[[dict[str, Tensor]], Tensor]:
     """A function doing one step on a batch: loss, backward, clipping, optimizer, zeroing.
 
     As Lightning's loop runs it in `precision` (bf16 autocast for ``bf16-mixed``); with
     `low_precision_weights` as ``LowPrecisionWeightsCallback`` adds to it, with `cuda_graphs` as
-    ``CudaGraphsCallback`` does. The device is the model's.
+    ``CudaGraphsCallback`` does, with `fused_loss` (a ``models`` Seq2Seq with output features)
+    as ``train.fused_loss`` does. The device is the model's.
     """
     device = next(model.parameters()).device.type
     autocast = precision.startswith("bf16")
@@ -40,6 +43,9 @@ def make_step(
     copies = LowPrecisionWeights(model) if low_precision_weights else None
 
     def loss_function(src: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> tuple[Tensor, Tensor]:
+        if fused_loss:
+            features, projection = model.features(src, tgt_in), model.output_projection
+            return fused_token_mean_loss(features, projection, tgt_out, label_smoothing)
         return token_mean_loss(forward(src, tgt_in), tgt_out, label_smoothing)
 
     graphs = StepGraphs(loss_function, params) if cuda_graphs else None
