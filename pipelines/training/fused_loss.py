@@ -14,11 +14,14 @@ backward pass scales the stored gradients by the loss's incoming gradient.
 The arithmetic is autocast's: bfloat16 matrix products under bf16 autocast (the weights cast
 once per call), log-sum-exp and losses in float32, float32 gradients for float32 parameters;
 the projection's weight gradient is summed over chunks in float32. Nothing waits on the host,
-so CUDA graphs capture it.
+so CUDA graphs capture it. On CUDA each chunk's element-wise work (`chunk_loss`) is compiled into
+a few fused kernels (Inductor, dynamic shapes: compiled once, on the first call, outside any
+graph capture since `StepGraphs` warms up first).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -28,7 +31,7 @@ from torch import Tensor
 from models import PAD_ID
 from models.linear import Linear
 
-CHUNK_ELEMENTS = 1 << 24  # logits per chunk: 64 MiB in float32
+CHUNK_ELEMENTS = 1 << 26  # logits per chunk (256 MiB in float32): fastest of 2^24-2^26 on an H200
 
 
 def chunk_loss(
@@ -53,6 +56,11 @@ def chunk_loss(
     return smoothed, nll @ keep, grad.to(logits.dtype), grad.sum(dim=0)
 
 
+@functools.cache
+def _compiled_chunk_loss() -> Any:
+    return torch.compile(chunk_loss, dynamic=True)
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """(features [N, D], weight [V, D], bias [V] | None, target [N]) -> the summed smoothed loss
     and the summed plain NLL (not differentiable) over non-pad targets."""
@@ -74,13 +82,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if needs[2] else None
         smoothed_sum = torch.zeros((), device=features.device)
         nll_sum = torch.zeros((), device=features.device)
+        per_chunk = _compiled_chunk_loss() if features.is_cuda else chunk_loss
         with torch.autocast(features.device.type, enabled=False):
             w = weight.to(dtype)
             b = None if bias is None else bias.to(dtype)
             for start in range(0, features.size(0), chunk_rows):
                 rows = slice(start, start + chunk_rows)
                 x = features[rows].to(dtype)
-                smoothed, nll, grad, grad_rows = chunk_loss(
+                smoothed, nll, grad, grad_rows = per_chunk(
                     F.linear(x, w, b), target[rows], smoothing, any(needs[:3])
                 )
                 smoothed_sum += smoothed
