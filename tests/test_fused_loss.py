@@ -12,8 +12,9 @@ import torch.nn.functional as F
 
 from models import PAD_ID, build_model
 from models.linear import Linear
+from pipelines.training import fused_loss
 from pipelines.training.cuda_graphs import StepGraphs
-from pipelines.training.fused_loss import fused_token_mean_loss, linear_cross_entropy
+from pipelines.training.fused_loss import chunk_loss, fused_token_mean_loss, linear_cross_entropy
 from pipelines.training.loss import label_smoothed_nll, token_mean_loss
 from pipelines.training.module import TranslationModule
 from pipelines.training.step import make_step
@@ -93,14 +94,24 @@ def test_a_pad_only_batch_has_zero_loss_and_zero_gradients():
     assert all(g.abs().max() == 0 for g in grads)
 
 
-def test_without_gradients_only_the_losses_are_computed():
+def test_without_gradients_only_the_losses_are_computed(monkeypatch):
     features, projection, target = _inputs()
+    asked = []
+
+    def recording(logits, target, smoothing, with_gradient):
+        asked.append(with_gradient)
+        return chunk_loss(logits, target, smoothing, with_gradient)
+
+    monkeypatch.setattr(fused_loss, "chunk_loss", recording)
     with torch.no_grad():
         smoothed, nll = linear_cross_entropy(features, projection, target, 0.1, 8)
         logits = projection(features)
     want = F.cross_entropy(logits, target, ignore_index=PAD_ID, reduction="sum")
     torch.testing.assert_close(nll, want)
     assert not smoothed.requires_grad
+    assert asked == [False] * 5  # 37 rows in chunks of 8, no gradient work in any
+    linear_cross_entropy(features, projection, target, 0.1, 8)
+    assert asked[5:] == [True] * 5
 
 
 def _model_gradients(fused: bool):

@@ -75,8 +75,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         smoothing: float,
         chunk_rows: int,
         dtype: torch.dtype,
+        track: bool,
     ) -> tuple[Tensor, Tensor]:
-        needs = ctx.needs_input_grad
+        # needs_input_grad says True under no_grad too: `track` is the caller's grad mode.
+        needs = [track and needed for needed in ctx.needs_input_grad]
         grad_features = torch.zeros_like(features) if needs[0] else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs[1] else None
         grad_bias = torch.zeros_like(bias, dtype=torch.float32) if needs[2] else None
@@ -118,6 +120,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
 
 
@@ -141,7 +144,7 @@ def linear_cross_entropy(
     rows = chunk_rows or max(1, CHUNK_ELEMENTS // weight.size(0))
     flat = features.reshape(-1, features.size(-1))
     smoothed, nll = _LinearCrossEntropy.apply(
-        flat, weight, bias, target.reshape(-1), smoothing, rows, dtype
+        flat, weight, bias, target.reshape(-1), smoothing, rows, dtype, torch.is_grad_enabled()
     )
     return smoothed, nll.detach()
 
