@@ -88,7 +88,7 @@ def build_subject(setup: Setup, job: Job) -> Subject:
         name, model, forward, arch_params.optim, job.compiled,
         low_precision_weights=job.copies and ours and not job.compiled,
         cuda_graphs=job.graphed and ours and model.graph_safe,
-        fused_loss=ours and setup.params.train.fused_loss and model.has_features,
+        fused_loss=ours and setup.params.train.fused_loss,
         memory_baseline=memory_baseline,
     )  # fmt: skip
 

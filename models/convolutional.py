@@ -304,8 +304,9 @@ class ConvS2SSeq2Seq(Seq2Seq):
     def _decode_from(
         self, tgt_in: Tensor, state: ConvS2SDecoderState, need_weights: bool = True
     ) -> tuple[Tensor, Tensor | None, ConvS2SDecoderState]:
-        """tgt_in [B, T] after the positions in `state` -> (logits [B, T, V], attention per layer
-        [B, L, T, S] if `need_weights` else None, the state after tgt_in).
+        """tgt_in [B, T] after the positions in `state` -> (the output projection's input
+        [B, T, E], attention per layer [B, L, T, S] if `need_weights` else None, the state after
+        tgt_in).
 
         decode and decode_step share this one path, so their logits agree by construction.
         """
@@ -325,9 +326,9 @@ class ConvS2SSeq2Seq(Seq2Seq):
             state, histories=histories, position=state.position + tgt_in.size(1)
         )
         attention = torch.stack(layer_weights, dim=1) if need_weights else None
-        return self.output_projection(out), attention, new_state
+        return out, attention, new_state
 
-    def decode(self, tgt_in: Tensor, encoder_out: EncoderOutput) -> Tensor:
+    def decode_features(self, tgt_in: Tensor, encoder_out: EncoderOutput) -> Tensor:
         state = self.init_decoder_state(encoder_out)
         return self._decode_from(tgt_in, state, need_weights=False)[0]
 
@@ -335,9 +336,9 @@ class ConvS2SSeq2Seq(Seq2Seq):
         self, prev_tokens: Tensor, state: ConvS2SDecoderState
     ) -> tuple[Tensor, ConvS2SDecoderState, Tensor]:
         """Returns the attention averaged over the decoder layers [B, S]."""
-        logits, weights, new_state = self._decode_from(prev_tokens.unsqueeze(1), state)
+        features, weights, new_state = self._decode_from(prev_tokens.unsqueeze(1), state)
         attention = weights.mean(dim=1).squeeze(1)  # [B, L, 1, S] -> [B, S]
-        return logits.squeeze(1), new_state, attention
+        return self.output_projection(features.squeeze(1)), new_state, attention
 
     def cross_attention(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         """Every decoder layer's attention over the source: [decoder_layers, T, S]."""

@@ -177,11 +177,11 @@ class RecurrentSeq2Seq(Seq2Seq):
         self, prev_tokens: Tensor, state: RecurrentDecoderState
     ) -> tuple[Tensor, RecurrentDecoderState, Tensor | None]:
         attentional, new_state, weights = self._step(prev_tokens, state)
-        return self._project(attentional), new_state, weights
+        return self.output_projection(self._features(attentional)), new_state, weights
 
-    def _project(self, attentional: Tensor) -> Tensor:
-        """h̃ [..., H] -> logits [..., V]."""
-        return self.output_projection(self.output_dropout(attentional))
+    def _features(self, attentional: Tensor) -> Tensor:
+        """h̃ [..., H] -> the output projection's input [..., H]."""
+        return self.output_dropout(attentional)
 
     def _step(
         self, prev_tokens: Tensor, state: RecurrentDecoderState
@@ -217,7 +217,7 @@ class RecurrentSeq2Seq(Seq2Seq):
         return attentional, new_state, weights
 
     def _decode(self, tgt_in: Tensor, encoder_out: EncoderOutput) -> tuple[Tensor, Tensor | None]:
-        """-> logits [B, T, V] and attention [B, T, S] (None without attention)."""
+        """-> features [B, T, H] and attention [B, T, S] (None without attention)."""
         state = self.init_decoder_state(encoder_out)
         if not self.config.input_feeding:
             return self._decode_parallel(tgt_in, state)
@@ -229,7 +229,7 @@ class RecurrentSeq2Seq(Seq2Seq):
             step_outputs.append(attentional)
             step_weights.append(weights)
         attention = None if self.attention is None else torch.stack(step_weights, dim=1)
-        return self._project(torch.stack(step_outputs, dim=1)), attention  # [B, T, V]
+        return self._features(torch.stack(step_outputs, dim=1)), attention  # [B, T, H]
 
     def _decode_parallel(
         self, tgt_in: Tensor, state: RecurrentDecoderState
@@ -249,11 +249,11 @@ class RecurrentSeq2Seq(Seq2Seq):
             hidden = (hidden, state.cell.transpose(0, 1).contiguous())
         output, _ = self.decoder(embedded, hidden)  # [B, T, H]
         if self.attention is None:
-            return self._project(self._combine(summary, output)), None
+            return self._features(self._combine(summary, output)), None
         context, weights = self.attention.attend_all(
             output, state.memory, state.src_pad_mask, state.projected_keys
         )  # [B, T, D_mem], [B, T, S]
-        return self._project(self._combine(context, output)), weights
+        return self._features(self._combine(context, output)), weights
 
     def _combine(self, context: Tensor | None, output: Tensor) -> Tensor:
         """h̃ = tanh(W_c [c; h]), or the RNN output itself when there is no context."""
@@ -261,7 +261,7 @@ class RecurrentSeq2Seq(Seq2Seq):
             return output
         return torch.tanh(self.combine(torch.cat([context, output], dim=-1)))
 
-    def decode(self, tgt_in: Tensor, encoder_out: EncoderOutput) -> Tensor:
+    def decode_features(self, tgt_in: Tensor, encoder_out: EncoderOutput) -> Tensor:
         return self._decode(tgt_in, encoder_out)[0]
 
     def cross_attention(self, src: Tensor, tgt_in: Tensor) -> Tensor | None:

@@ -49,25 +49,29 @@ class Seq2Seq(nn.Module, ABC):
     # True when teacher-forced training never waits on the host (no data-dependent shapes), so
     # its forward and backward pass can be captured as CUDA graphs (pipelines.training.cuda_graphs).
     graph_safe: bool = False
-    # True when `features` is implemented: forward's logits are output_projection(features).
-    has_features: bool = False
+    # Every model ends in a linear map from the decoder's features to the target vocabulary.
+    output_projection: nn.Module
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher forcing: src [B, S], tgt_in [B, T] (BOS-prefixed) -> logits [B, T, V]."""
         return self.decode(tgt_in, self.encode(src))
 
     def features(self, src: Tensor, tgt_in: Tensor) -> Tensor:
-        """Teacher forcing: the decoder's output [B, T, D] that ``self.output_projection`` alone
-        maps to forward's logits (where `has_features`: a fused loss takes it from there)."""
-        raise NotImplementedError(f"{type(self).__name__} does not expose its output features")
+        """Teacher forcing: the decoder's features [B, T, D] that ``output_projection`` maps to
+        forward's logits (a fused loss takes them from here, without the logits)."""
+        return self.decode_features(tgt_in, self.encode(src))
 
     @abstractmethod
     def encode(self, src: Tensor) -> EncoderOutput:
         """src [B, S] -> the encoder output."""
 
-    @abstractmethod
     def decode(self, tgt_in: Tensor, encoder_out: EncoderOutput) -> Tensor:
         """tgt_in [B, T] -> logits [B, T, V] for every position at once."""
+        return self.output_projection(self.decode_features(tgt_in, encoder_out))
+
+    @abstractmethod
+    def decode_features(self, tgt_in: Tensor, encoder_out: EncoderOutput) -> Tensor:
+        """tgt_in [B, T] -> the features [B, T, D] that ``output_projection`` maps to logits."""
 
     @abstractmethod
     def init_decoder_state(self, encoder_out: EncoderOutput) -> Any:

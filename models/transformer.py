@@ -154,7 +154,6 @@ class TransformerSeq2Seq(Seq2Seq):
     """Embeddings + positional encoding, N encoder layers, N decoder layers, output projection."""
 
     graph_safe = True
-    has_features = True
 
     def __init__(self, config: TransformerConfig, src_vocab_size: int, tgt_vocab_size: int) -> None:
         super().__init__()
@@ -230,11 +229,8 @@ class TransformerSeq2Seq(Seq2Seq):
             )
         return self.decoder_norm(x), weights
 
-    def decode(self, tgt_in: Tensor, encoder_out: EncoderOutput) -> Tensor:
-        return self.output_projection(self._decode(tgt_in, encoder_out)[0])
-
-    def features(self, src: Tensor, tgt_in: Tensor) -> Tensor:
-        return self._decode(tgt_in, self.encode(src))[0]
+    def decode_features(self, tgt_in: Tensor, encoder_out: EncoderOutput) -> Tensor:
+        return self._decode(tgt_in, encoder_out)[0]
 
     def init_decoder_state(self, encoder_out: EncoderOutput) -> TransformerDecoderState:
         memory = encoder_out.memory

@@ -4,8 +4,6 @@ under CUDA graphs."""
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,7 +16,7 @@ from pipelines.training.fused_loss import chunk_loss, fused_token_mean_loss, lin
 from pipelines.training.loss import label_smoothed_nll, token_mean_loss
 from pipelines.training.module import TranslationModule
 from pipelines.training.step import make_step
-from tests.models.conftest import TINY_RECURRENT
+from tests.models.conftest import TINY_CONVOLUTIONAL, TINY_RECURRENT
 from tests.test_cuda_graphs import SHAPES, TRANSFORMER, VOCAB, _batch
 from tests.training_helpers import TINY_OPTIM
 
@@ -114,10 +112,10 @@ def test_without_gradients_only_the_losses_are_computed(monkeypatch):
     assert asked[5:] == [True] * 5
 
 
-def _model_gradients(fused: bool):
-    """The training loss of a Transformer with tied embeddings (dropout on, the same seed) and
-    every parameter's gradient."""
-    module = TranslationModule(TRANSFORMER, TINY_OPTIM, VOCAB, VOCAB, fused_loss=fused).train()
+def _model_gradients(config: dict, fused: bool):
+    """The training loss of a model (dropout on, the same seed) and every parameter's
+    gradient."""
+    module = TranslationModule(config, TINY_OPTIM, VOCAB, VOCAB, fused_loss=fused).train()
     torch.manual_seed(7)
     batch = _batch(3)
     loss, nll = module.training_loss(batch["src"], batch["tgt_in"], batch["tgt_out"])
@@ -125,32 +123,34 @@ def _model_gradients(fused: bool):
     return loss.detach(), nll, [p.grad for p in module.parameters()]
 
 
-def test_the_transformer_trains_on_the_same_loss_and_gradients_fused():
+FAMILIES = {
+    "transformer": TRANSFORMER,  # tied embeddings
+    "lstm-input-feeding": {**TINY_RECURRENT, "dropout": 0.1},
+    "lstm-parallel": {**TINY_RECURRENT, "input_feeding": False, "dropout": 0.1},
+    "lstm-no-attention": {**TINY_RECURRENT, "attention": "none", "input_feeding": False},
+    "convs2s": {**TINY_CONVOLUTIONAL, "dropout": 0.1},
+}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_trains_on_the_same_loss_and_gradients_fused(family):
     torch.manual_seed(0)
-    unfused = _model_gradients(fused=False)
+    unfused = _model_gradients(FAMILIES[family], fused=False)
     torch.manual_seed(0)
-    fused = _model_gradients(fused=True)
+    fused = _model_gradients(FAMILIES[family], fused=True)
     torch.testing.assert_close(fused[0], unfused[0], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(fused[1], unfused[1], rtol=1e-6, atol=1e-6)
     for grad, want in zip(fused[2], unfused[2], strict=True):
         torch.testing.assert_close(grad, want, rtol=1e-5, atol=1e-6)
 
 
-def test_models_without_output_features_keep_the_unfused_loss(caplog):
-    with caplog.at_level(logging.INFO):
-        module = TranslationModule(TINY_RECURRENT, TINY_OPTIM, VOCAB, VOCAB, fused_loss=True)
-    assert not module.fused_loss
-    assert "fused loss off: RecurrentSeq2Seq has no output features" in caplog.text
-    with pytest.raises(NotImplementedError, match="does not expose its output features"):
-        module.model.features(*(_batch(0)[k] for k in ("src", "tgt_in")))
-
-
-def test_transformer_features_are_what_the_projection_maps_to_the_logits():
+@pytest.mark.parametrize("family", FAMILIES)
+def test_features_are_what_the_projection_maps_to_the_logits(family):
     torch.manual_seed(0)
-    model = build_model(TRANSFORMER, VOCAB).eval()
+    model = build_model(FAMILIES[family], VOCAB).eval()
     batch = _batch(0)
     features = model.features(batch["src"], batch["tgt_in"])
-    assert features.shape == (*batch["tgt_in"].shape, TRANSFORMER["d_model"])
+    assert features.shape[:2] == batch["tgt_in"].shape
     torch.testing.assert_close(
         model.output_projection(features), model(batch["src"], batch["tgt_in"])
     )

@@ -151,7 +151,7 @@ class TrainParams:
     cudnn_attention: bool = False
     low_precision_weights: bool = True
     cuda_graphs: bool = False
-    fused_loss: bool = False  # the Transformer's output projection fused with its loss
+    fused_loss: bool = False  # the output projection fused with the loss (no logits tensor)
     deterministic: bool = True
     val_max_len_margin: int = 20
     log_every_n_steps: int = 20

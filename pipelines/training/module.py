@@ -6,7 +6,6 @@ The architecture itself is a plain ``models`` module; this class owns only the t
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import lightning.pytorch as pl
@@ -19,8 +18,6 @@ from pipelines.training.fused_loss import fused_token_mean_loss
 from pipelines.training.loss import label_smoothed_nll, token_mean_loss
 from pipelines.training.optim import build_optimizer, build_scheduler
 from pipelines.training.validation import IndexedTokens, ValidationBleu
-
-log = logging.getLogger(__name__)
 
 
 class DivergenceError(RuntimeError):
@@ -44,14 +41,12 @@ class TranslationModule(pl.LightningModule):
     ) -> None:
         """`validation_bleu` scores every validation epoch (without it, only loss and perplexity);
         `checkpoint_extras` are stored in every checkpoint under ``nmt`` (the MLflow run id);
-        `fused_loss` computes the training loss with the output projection
-        (`pipelines.training.fused_loss`) for models that expose their output features."""
+        `fused_loss` computes the training loss with the output projection, without the logits
+        (`pipelines.training.fused_loss`)."""
         super().__init__()
         self.save_hyperparameters(ignore=["validation_bleu", "checkpoint_extras"])
         self.model = build_model(model_config, src_vocab_size, tgt_vocab_size)
-        self.fused_loss = fused_loss and self.model.has_features
-        if fused_loss and not self.fused_loss:
-            log.info("fused loss off: %s has no output features", type(self.model).__name__)
+        self.fused_loss = fused_loss
         self.optim = optim
         self.validation_bleu = validation_bleu
         self.checkpoint_extras = dict(checkpoint_extras or {})

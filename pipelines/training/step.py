@@ -34,8 +34,8 @@ def make_step(
 
     As Lightning's loop runs it in `precision` (bf16 autocast for ``bf16-mixed``); with
     `low_precision_weights` as ``LowPrecisionWeightsCallback`` adds to it, with `cuda_graphs` as
-    ``CudaGraphsCallback`` does, with `fused_loss` (a ``models`` Seq2Seq with output features)
-    as ``train.fused_loss`` does. The device is the model's.
+    ``CudaGraphsCallback`` does, with `fused_loss` (a ``models`` Seq2Seq) as ``train.fused_loss``
+    does. The device is the model's.
     """
     device = next(model.parameters()).device.type
     autocast = precision.startswith("bf16")

@@ -64,6 +64,9 @@ class BigramBiased(Seq2Seq):
     def decode(self, tgt_in, encoder_out):
         return self.model.decode(tgt_in, encoder_out) + self.bias[tgt_in]
 
+    def decode_features(self, tgt_in, encoder_out):
+        raise NotImplementedError("the bias is added to the logits: no features map to them")
+
     def init_decoder_state(self, encoder_out):
         return self.model.init_decoder_state(encoder_out)
 
