@@ -14,6 +14,7 @@ from pipelines.training import fused_loss
 from pipelines.training.cuda_graphs import StepGraphs
 from pipelines.training.fused_loss import chunk_loss, fused_token_mean_loss, linear_cross_entropy
 from pipelines.training.loss import label_smoothed_nll, token_mean_loss
+from pipelines.training.low_precision import LowPrecisionWeights
 from pipelines.training.module import TranslationModule
 from pipelines.training.step import make_step
 from tests.models.conftest import TINY_CONVOLUTIONAL, TINY_RECURRENT
@@ -206,3 +207,34 @@ def test_fused_loss_under_cuda_graphs_equals_it_eager_and_the_unfused_loss():
     torch.testing.assert_close(losses, unfused_losses, rtol=1e-4, atol=1e-4)
     cosine = F.cosine_similarity(grads.float(), unfused_grads.float(), dim=0)
     assert cosine > 0.9999
+
+
+def test_the_fused_loss_uses_the_bf16_weight_copies_as_linear_layers_do():
+    """With ``LowPrecisionWeights`` the projection's bf16 copy gets the gradient, which
+    `move_gradients` adds to the float32 weight, as for the unfused loss."""
+    config = {**TRANSFORMER, "dropout": 0.0, "attention_dropout": 0.0, "tie_embeddings": False}
+    batch = _batch(2)
+    results = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        model = build_model(config, VOCAB).train()
+        copies = LowPrecisionWeights(model)
+        assert model.output_projection in copies.layers
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if fused:
+                features = model.features(batch["src"], batch["tgt_in"])
+                loss, _ = fused_token_mean_loss(
+                    features, model.output_projection, batch["tgt_out"], 0.1
+                )
+            else:
+                loss, _ = token_mean_loss(
+                    model(batch["src"], batch["tgt_in"]), batch["tgt_out"], 0.1
+                )
+        loss.backward()
+        assert model.output_projection.weight.grad is None  # the copy's, until moved
+        copies.move_gradients()
+        results.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    (unfused_loss, unfused_grads), (fused_loss_value, fused_grads) = results
+    torch.testing.assert_close(fused_loss_value, unfused_loss, rtol=1e-4, atol=1e-4)
+    for grad, want in zip(fused_grads, unfused_grads, strict=True):
+        torch.testing.assert_close(grad, want, rtol=1e-2, atol=2e-2)
