@@ -36,7 +36,7 @@ def history(workspace: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def train_in(path: Path, devices: int) -> Path:
+def train_in(path: Path, devices: int, **train: object) -> Path:
     params = workspace_params(
         models={"transformer": NO_DROPOUT},
         budget=TWO_EPOCHS,
@@ -47,6 +47,7 @@ def train_in(path: Path, devices: int) -> Path:
             "accumulate_grad_batches": 2,
             "keep_global_batch": True,
             "batch_tokens": 600,
+            **train,
         },
     )
     workspace = make_workspace(path, params)
@@ -60,8 +61,8 @@ def single_and_ddp(tmp_path_factory) -> tuple[Path, Path]:
     return train_in(root / "single", devices=1), train_in(root / "ddp", devices=2)
 
 
-def test_two_process_ddp_matches_one_process_with_the_same_global_batch(single_and_ddp):
-    single, ddp = single_and_ddp
+def assert_same_training(single: Path, ddp: Path) -> None:
+    """The same optimizer steps, validation curve and final weights, within `TOLERANCE`."""
     single_rows, ddp_rows = history(single), history(ddp)
     assert len(single_rows) == len(ddp_rows) == 2
     for one, two in zip(single_rows, ddp_rows, strict=True):
@@ -75,6 +76,22 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(single_a
             min=1e-12
         )
         assert difference < TOLERANCE, f"{name}: relative difference {difference:.2e}"
+
+
+def test_two_process_ddp_matches_one_process_with_the_same_global_batch(single_and_ddp):
+    assert_same_training(*single_and_ddp)
+
+
+def test_ddp_with_the_fused_loss_trains_as_one_process_without_it(single_and_ddp, tmp_path):
+    # The fused loss hands DDP's reducer the same gradients, through its own autograd node.
+    fused = train_in(tmp_path / "fused", devices=2, fused_loss=True)
+    client = MlflowClient(tracking_uri=f"sqlite:///{fused / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("multi30k_tiny-en-de")
+    (run,) = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.architecture = 'transformer'"
+    )
+    assert run.data.params["train.fused_loss"] == "True"
+    assert_same_training(single_and_ddp[0], fused)
 
 
 def test_ddp_writes_outputs_and_the_mlflow_run_once(single_and_ddp):

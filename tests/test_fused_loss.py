@@ -117,10 +117,13 @@ def _model_gradients(config: dict, fused: bool):
     """The training loss of a model (dropout on, the same seed) and every parameter's
     gradient."""
     module = TranslationModule(config, TINY_OPTIM, VOCAB, VOCAB, fused_loss=fused).train()
+    projections = []  # the logits, each time the projection layer computes them
+    module.model.output_projection.register_forward_hook(lambda *_: projections.append(1))
     torch.manual_seed(7)
     batch = _batch(3)
     loss, nll = module.training_loss(batch["src"], batch["tgt_in"], batch["tgt_out"])
     loss.backward()
+    assert len(projections) == (0 if fused else 1)  # fused: never the whole batch's logits
     return loss.detach(), nll, [p.grad for p in module.parameters()]
 
 
