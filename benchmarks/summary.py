@@ -45,8 +45,8 @@ def metric_label(run: dict[str, Any]) -> str:
 
 
 def speedup_key(ours: dict[str, Any], marian: dict[str, Any]) -> str:
-    """'ours_<mode>_vs_marian_<mode>': eager, compiled, cuda_graphs or compiled_cuda_graphs, and
-    eager without bf16 weight copies."""
+    """'ours_<mode>_vs_marian_<mode>': eager, or compiled, cuda_graphs and fused_loss joined by
+    '_' (compiled_cuda_graphs, ...), and eager without bf16 weight copies."""
     parts = [m for m in ("compiled", "cuda_graphs", "fused_loss") if ours.get(m)] or ["eager"]
     mode = "_".join(parts) + ("_without_weight_copies" if without_weight_copies(ours) else "")
     marian_mode = "compiled" if marian["compiled"] else "eager"

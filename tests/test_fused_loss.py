@@ -180,9 +180,7 @@ def _cuda_step_gradients(fused: bool, graphed: bool):
 
     def loss_function(src, tgt_in, tgt_out):
         if fused:
-            return fused_token_mean_loss(
-                model.features(src, tgt_in), model.output_projection, tgt_out, 0.1
-            )
+            return fused_token_mean_loss(model, src, tgt_in, tgt_out, 0.1)
         return token_mean_loss(model(src, tgt_in), tgt_out, 0.1)
 
     graphs = StepGraphs(loss_function, model.parameters()) if graphed else None
@@ -225,9 +223,8 @@ def test_the_fused_loss_uses_the_bf16_weight_copies_as_linear_layers_do():
         assert model.output_projection in copies.layers
         with torch.autocast("cpu", dtype=torch.bfloat16):
             if fused:
-                features = model.features(batch["src"], batch["tgt_in"])
                 loss, _ = fused_token_mean_loss(
-                    features, model.output_projection, batch["tgt_out"], 0.1
+                    model, batch["src"], batch["tgt_in"], batch["tgt_out"], 0.1
                 )
             else:
                 loss, _ = token_mean_loss(

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from models import PAD_ID
 from models.linear import Linear
+from models.seq2seq import Seq2Seq
 
 CHUNK_ELEMENTS = 1 << 26  # logits per chunk (256 MiB in float32): fastest of 2^24-2^26 on an H200
 
@@ -150,10 +151,11 @@ def linear_cross_entropy(
 
 
 def fused_token_mean_loss(
-    features: Tensor, projection: Linear, target: Tensor, smoothing: float
+    model: Seq2Seq, src: Tensor, tgt_in: Tensor, tgt_out: Tensor, smoothing: float
 ) -> tuple[Tensor, Tensor]:
-    """`pipelines.training.loss.token_mean_loss` of ``projection(features)``, computed by
-    `linear_cross_entropy`."""
-    smoothed, nll = linear_cross_entropy(features, projection, target, smoothing)
-    ntokens = (target != PAD_ID).sum()
+    """`pipelines.training.loss.token_mean_loss` of ``model(src, tgt_in)`` against `tgt_out`,
+    computed by `linear_cross_entropy` from the model's features and output projection."""
+    features = model.features(src, tgt_in)
+    smoothed, nll = linear_cross_entropy(features, model.output_projection, tgt_out, smoothing)
+    ntokens = (tgt_out != PAD_ID).sum()
     return smoothed / ntokens, nll / ntokens

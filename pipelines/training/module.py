@@ -63,8 +63,7 @@ class TranslationModule(pl.LightningModule):
         """Label-smoothed loss per target token, and the plain NLL per token (detached)."""
         smoothing = self.optim["label_smoothing"]
         if self.fused_loss:
-            features = self.model.features(src, tgt_in)
-            return fused_token_mean_loss(features, self.model.output_projection, tgt_out, smoothing)
+            return fused_token_mean_loss(self.model, src, tgt_in, tgt_out, smoothing)
         return token_mean_loss(self.model(src, tgt_in), tgt_out, smoothing)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:

@@ -44,8 +44,7 @@ def make_step(
 
     def loss_function(src: Tensor, tgt_in: Tensor, tgt_out: Tensor) -> tuple[Tensor, Tensor]:
         if fused_loss:
-            features, projection = model.features(src, tgt_in), model.output_projection
-            return fused_token_mean_loss(features, projection, tgt_out, label_smoothing)
+            return fused_token_mean_loss(model, src, tgt_in, tgt_out, label_smoothing)
         return token_mean_loss(forward(src, tgt_in), tgt_out, label_smoothing)
 
     graphs = StepGraphs(loss_function, params) if cuda_graphs else None
