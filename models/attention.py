@@ -64,6 +64,16 @@ def scaled_dot_product_attention(
     return out, weights
 
 
+# Under torch.compile, attention whose queries and keys are at most this long is written out for
+# Inductor to fuse instead of calling a fused attention kernel. The flash and memory-efficient
+# kernels tile 64-128 positions per (sentence, head), so on Multi30k's sentences (10-30 subwords)
+# most of each tile is padding: on one H200 (2026-12-01, bf16, 8 heads of 64, 1,000-5,500
+# sentences) the written-out forward and backward took 0.4-0.7x their time up to 26 positions and
+# the same at 33, and compiled transformer_base training ran 1.10x faster at 64k tokens a batch
+# (benchmarks/README.md, "Short attention written out for the compiler").
+COMPOSED_ATTENTION_MAX_LEN = 28
+
+
 def fast_attention(
     q: Tensor,
     k: Tensor,
@@ -72,8 +82,11 @@ def fast_attention(
     causal: bool = False,
     dropout_p: float = 0.0,
 ) -> Tensor:
-    """The same computation as :func:`scaled_dot_product_attention` via PyTorch's fused kernel."""
+    """The same computation as :func:`scaled_dot_product_attention` via PyTorch's fused kernel,
+    or, while torch.compile traces short sequences, written out (see COMPOSED_ATTENTION_MAX_LEN)."""
     query_len, key_len = q.size(-2), k.size(-2)
+    if torch.compiler.is_compiling() and max(query_len, key_len) <= COMPOSED_ATTENTION_MAX_LEN:
+        return scaled_dot_product_attention(q, k, v, key_padding_mask, causal, dropout_p)[0]
     if causal and key_padding_mask is None and query_len == key_len:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
     mask = attention_mask(key_padding_mask, causal, query_len, key_len, q.device)

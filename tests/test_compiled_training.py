@@ -51,7 +51,9 @@ def test_training_runs_the_compiled_layers_and_everything_else_the_eager_ones():
     compiled.sum().backward()
     assert backend.compiled >= 2  # an encoder layer and a decoder layer (shared by each stack)
     assert backend.runs == 4  # 2 encoder + 2 decoder layers, each through its compiled graph
-    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)  # dropout 0: the same ops
+    # Dropout 0: the same function; the traced layers write short attention out (fast_attention)
+    # where eager calls the fused kernel, so float32 rounding apart.
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
     runs = backend.runs
     with torch.no_grad():  # validation's loss, and decoding, keep the eager layers
         model(batch["src"], batch["tgt_in"])

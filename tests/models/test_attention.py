@@ -3,7 +3,9 @@ import math
 import pytest
 import torch
 
+import models.attention as attention_module
 from models.attention import (
+    COMPOSED_ATTENTION_MAX_LEN,
     AdditiveAttention,
     KeyValueCache,
     MultiHeadAttention,
@@ -65,6 +67,60 @@ def test_fast_path_equals_explicit_path(use_padding, causal, query_len):
     mask = PAD_MASK if use_padding else None
     explicit, _ = scaled_dot_product_attention(q, k, v, mask, causal)
     torch.testing.assert_close(fast_attention(q, k, v, mask, causal), explicit)
+
+
+def _kernel_calls(monkeypatch) -> list[int]:
+    """Count calls of PyTorch's fused attention kernel from `fast_attention`."""
+    calls = []
+    kernel = attention_module.F.scaled_dot_product_attention
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return kernel(*args, **kwargs)
+
+    monkeypatch.setattr(attention_module.F, "scaled_dot_product_attention", counted)
+    return calls
+
+
+@pytest.mark.parametrize("use_padding", [False, True])
+@pytest.mark.parametrize("causal", [False, True])
+def test_short_attention_traced_by_the_compiler_is_written_out(monkeypatch, use_padding, causal):
+    q, k, v = _random_qkv()  # 5 positions: short
+    mask = PAD_MASK if use_padding else None
+    kernel = fast_attention(q, k, v, mask, causal)
+    calls = _kernel_calls(monkeypatch)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    written_out = fast_attention(q, k, v, mask, causal)
+    assert calls == []
+    torch.testing.assert_close(written_out, kernel, rtol=1e-5, atol=1e-6)
+
+
+def test_long_attention_and_eager_attention_keep_the_kernel(monkeypatch):
+    length = COMPOSED_ATTENTION_MAX_LEN + 1
+    q, k, v = _random_qkv(query_len=length, key_len=length)
+    calls = _kernel_calls(monkeypatch)
+    fast_attention(q, k, v, causal=True)  # eager: the kernel, whatever the length
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    fast_attention(q, k, v, causal=True)  # compiled but longer than the limit
+    fast_attention(q[..., :1, :], k, v)  # one query, keys over the limit
+    assert len(calls) == 3
+
+
+@pytest.mark.parametrize("key_len", [7, COMPOSED_ATTENTION_MAX_LEN + 3])
+def test_compiled_attention_equals_eager_in_values_and_gradients(key_len):
+    """Through torch.compile's tracing and autograd (aot_eager: no code generation), short
+    attention written out and long attention on the kernel both equal the eager kernel."""
+    q, k, v = _random_qkv(batch=2, query_len=key_len, key_len=key_len)
+    padding = torch.arange(key_len)[None, :] >= torch.tensor([[key_len], [key_len - 3]])
+    compiled = torch.compile(fast_attention, backend="aot_eager", dynamic=False, fullgraph=True)
+    results = []
+    for function in (fast_attention, compiled):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = function(*leaves, padding, False) + function(*leaves, None, True)
+        out.square().sum().backward()
+        results.append([out, *(leaf.grad for leaf in leaves)])
+    for eager, traced in zip(*results, strict=True):
+        torch.testing.assert_close(traced, eager, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("causal", [False, True])
