@@ -4,6 +4,7 @@ speed; and the time-to-BLEU table of finished training runs.
 
     python -m benchmarks.bench throughput --params profiles/gpu.yaml --out bench.json
     python -m benchmarks.bench decode --model artifacts/transformer-1234 --out decode.json
+    python -m benchmarks.bench attention --params profiles/gpu.yaml --out attention.json
     python -m benchmarks.bench report results/ --out summary.json
 
 Throughput counts non-pad source + target tokens per second of full training steps (bf16
@@ -124,6 +125,23 @@ def add_decode_parser(sub: argparse._SubParsersAction) -> None:
     )
 
 
+def add_attention_parser(sub: argparse._SubParsersAction) -> None:
+    ap = sub.add_parser(
+        "attention",
+        help="one attention call on the plan's batch shapes: the fused kernel against the "
+        "attention written out, eager and compiled",
+    )
+    ap.add_argument("--params", type=Path, default=Path("profiles/gpu.yaml"))
+    ap.add_argument("--tokenized", type=Path, default=Path("data/tokenized"))
+    ap.add_argument("--arch", default="transformer_base", help="heads and widths of this entry")
+    ap.add_argument("--batch-tokens", type=int, default=65536)
+    ap.add_argument("--batches", type=int, default=100, help="the plan's first N batches")
+    ap.add_argument("--iterations", type=int, default=20, help="calls timed per repeat")
+    ap.add_argument("--repeats", type=int, default=3, help="the median of this many is kept")
+    ap.add_argument("--device", default=DEVICE)
+    ap.add_argument("--out", type=Path, required=True)
+
+
 def add_report_parser(sub: argparse._SubParsersAction) -> None:
     rp = sub.add_parser("report", help="time-to-BLEU and test scores of finished runs")
     rp.add_argument("results", type=Path, help="a folder of run folders (jobs)")
@@ -139,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_throughput_parser(sub)
     add_decode_parser(sub)
+    add_attention_parser(sub)
     add_report_parser(sub)
     return parser
 
@@ -157,6 +176,10 @@ def work(command: str) -> tuple[Callable[[argparse.Namespace], Result], Callable
         from benchmarks import decode
 
         return decode.decode, decode.mlflow_metrics
+    if command == "attention":
+        from benchmarks import attention
+
+        return attention.attention, None
     from benchmarks import report
 
     return report.report, None
@@ -178,6 +201,10 @@ def main(argv: list[str] | None = None) -> None:
         log.info("logged to MLflow experiment 'benchmarks', run %s", run_id)
     if args.command == "throughput":
         print_throughput_table(result, sys.stdout)
+    if args.command == "attention":
+        from benchmarks.attention import print_attention_table
+
+        print_attention_table(result, sys.stdout)
 
 
 if __name__ == "__main__":

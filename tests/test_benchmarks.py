@@ -394,3 +394,35 @@ def test_study_parts_lays_out_a_comparison_s_runs_and_merges_the_report(tmp_path
     assert "parts: efficiency." in text and "## 5. Training efficiency" in text
     assert "| transformer-1234 | transformer | 5 s, step 10 | 10 s, step 20 |" in text
     assert "part `cost` off" in text
+
+
+def test_attention_times_each_plan_shape_and_the_implementations_agree(tiny_pipeline, tmp_path):
+    out = tmp_path / "attention.json"
+    done = bench(
+        "attention", "--params", str(tiny_pipeline.repo / "params.yaml"),
+        "--tokenized", str(tiny_pipeline.repo / "data" / "tokenized"), "--arch", "transformer",
+        "--batch-tokens", "256", "--batches", "4", "--iterations", "1", "--repeats", "1",
+        "--device", "cpu", "--out", str(out),
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    shapes = {tuple(row["shape"]) for row in result["runs"]}
+    assert 1 <= len(shapes) <= 4
+    assert sum({tuple(r["shape"]): r["batches"] for r in result["runs"]}.values()) == 4
+    expected = {
+        (shape, attention, name)
+        for shape in shapes
+        for attention in ("padded", "causal")
+        for name in ("kernel", "written_out", "written_out_compiled")
+    }
+    assert {(tuple(r["shape"]), r["attention"], r["implementation"]) for r in result["runs"]} == (
+        expected
+    )
+    model = tiny_pipeline.params["models"]["transformer"]["model"]
+    assert result["heads"] * result["head_dim"] == model["d_model"]
+    for row in result["runs"]:
+        _, source, target = row["shape"]
+        assert row["queries"] == target
+        assert row["keys"] == (source if row["attention"] == "padded" else target)
+        assert row["max_abs_difference"] < 1e-5  # float32 on CPU: the same attention
+        assert row["forward_ms"] > 0 and row["forward_backward_ms"] > 0
+    assert "written_out_compiled" in done.stdout and "causal" in done.stdout
