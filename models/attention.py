@@ -68,9 +68,9 @@ def scaled_dot_product_attention(
 # Inductor to fuse instead of calling a fused attention kernel. The flash and memory-efficient
 # kernels tile 64-128 positions per (sentence, head), so on Multi30k's sentences (10-30 subwords)
 # most of each tile is padding: on one H200 (2026-12-01, bf16, 8 heads of 64, 2,500-5,500
-# sentences) the written-out forward and backward took 0.4-0.7x their time up to 26 positions and
-# the same at 33, and compiled transformer_base training ran 1.10x faster at 64k tokens a batch
-# (benchmarks/README.md, "Short attention written out for the compiler").
+# sentences) the written-out forward and backward took 0.4-0.7x their time up to 26 positions
+# and as long or longer at 33, and compiled transformer_base training ran 1.10x faster at 64k
+# tokens a batch (benchmarks/README.md, "Short attention written out for the compiler").
 COMPOSED_ATTENTION_MAX_LEN = 28
 
 
