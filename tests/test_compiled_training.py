@@ -3,11 +3,13 @@ alone and under CUDA graphs, against the eager arithmetic (``gpu`` tests skip wi
 
 from __future__ import annotations
 
+import operator
 from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from models import build_model
 from models.transformer import TransformerSeq2Seq
@@ -26,9 +28,11 @@ class CountingBackend:
     def __init__(self) -> None:
         self.compiled = 0
         self.runs = 0
+        self.graphs: list[torch.fx.GraphModule] = []
 
     def __call__(self, graph_module: torch.fx.GraphModule, example_inputs: list) -> object:
         self.compiled += 1
+        self.graphs.append(graph_module)
 
         def run(*args: object) -> object:
             self.runs += 1
@@ -54,6 +58,8 @@ def test_training_runs_the_compiled_layers_and_everything_else_the_eager_ones():
     # Dropout 0: the same function; the traced layers write short attention out (fast_attention)
     # where eager calls the fused kernel, so float32 rounding apart.
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    traced = {node.target for graph in backend.graphs for node in graph.graph.nodes}
+    assert operator.matmul in traced and F.scaled_dot_product_attention not in traced
     runs = backend.runs
     with torch.no_grad():  # validation's loss, and decoding, keep the eager layers
         model(batch["src"], batch["tgt_in"])
