@@ -50,8 +50,8 @@ class ThroughputSettings:
 class Subject:
     """One model to measure, trained as `optim` says: compiled, with bf16 weight copies kept
     between steps, replaying CUDA graphs of its loss, its output projection fused with the loss.
-    `memory_baseline`: the allocated and
-    reserved bytes before it was built (other models are kept for their profiles)."""
+    `memory_baseline`: the allocated and reserved bytes before it was built (other models are
+    kept for their profiles)."""
 
     name: str
     model: nn.Module
