@@ -97,7 +97,7 @@ class OptimParams:
     lr: float = 5e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     weight_decay: float = 0.0
-    schedule: Literal["inverse_sqrt", "constant"] = "inverse_sqrt"
+    schedule: Literal["inverse_sqrt", "constant", "linear"] = "inverse_sqrt"
     warmup_steps: int = 1000
     label_smoothing: float = 0.1
     early_stopping_patience: int = 3
@@ -351,6 +351,13 @@ class Params:
             "architectures",
             "lists an architecture twice",
         )
+        for name, arch in self.models.items():
+            require(
+                arch.optim.schedule != "linear" or self.budget.unit in ("epochs", "steps"),
+                f"models.{name}.optim.schedule",
+                f"'linear' decays to zero at the end of the budget, so it needs a budget in "
+                f"epochs or steps, not {self.budget.unit}",
+            )
         require(len(self.seeds) > 0, "seeds", "needs at least one seed")
         twice = sorted({seed for seed in self.seeds if self.seeds.count(seed) > 1})
         require(not twice, "seeds", f"lists {', '.join(map(str, twice))} more than once")

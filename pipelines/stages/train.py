@@ -78,6 +78,7 @@ def build_module(
         validation_bleu=validation,
         checkpoint_extras={"run_id": run_id},
         fused_loss=params.train.fused_loss,
+        budget_steps=int(params.budget.value) if params.budget.unit == "steps" else None,
     )
     if params.train.compile:  # in place: state-dict keys stay unprefixed for export and resume
         module.model.compile_for_training()

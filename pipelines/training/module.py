@@ -38,11 +38,13 @@ class TranslationModule(pl.LightningModule):
         validation_bleu: ValidationBleu | None = None,
         checkpoint_extras: dict[str, Any] | None = None,
         fused_loss: bool = False,
+        budget_steps: int | None = None,
     ) -> None:
         """`validation_bleu` scores every validation epoch (without it, only loss and perplexity);
         `checkpoint_extras` are stored in every checkpoint under ``nmt`` (the MLflow run id);
         `fused_loss` computes the training loss with the output projection, without the logits
-        (`pipelines.training.fused_loss`)."""
+        (`pipelines.training.fused_loss`); `budget_steps`, the budget when it counts optimizer
+        steps, ends the ``linear`` schedule (otherwise the Trainer's epochs do)."""
         super().__init__()
         self.save_hyperparameters(ignore=["validation_bleu", "checkpoint_extras"])
         self.model = build_model(model_config, src_vocab_size, tgt_vocab_size)
@@ -158,7 +160,12 @@ class TranslationModule(pl.LightningModule):
             weight_decay=self.optim["weight_decay"],
             fused=self.device.type == "cuda",
         )
-        scheduler = build_scheduler(optimizer, self.optim["schedule"], self.optim["warmup_steps"])
+        scheduler = build_scheduler(
+            optimizer,
+            self.optim["schedule"],
+            self.optim["warmup_steps"],
+            total_steps=self.hparams.budget_steps or self.trainer.estimated_stepping_batches,
+        )
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"},

@@ -1,5 +1,6 @@
-"""The optimizer and learning-rate schedules: AdamW (Loshchilov & Hutter, 2019) with warmup, and
-the inverse square root decay of Vaswani et al. (2017, §5.3)."""
+"""The optimizer and learning-rate schedules: AdamW (Loshchilov & Hutter, 2019) with warmup, then
+the inverse square root decay of Vaswani et al. (2017, §5.3), a constant rate, or a linear decay to
+zero at the end of the budget (Li et al., 2020, "Budgeted Training")."""
 
 from __future__ import annotations
 
@@ -28,6 +29,19 @@ def constant_schedule(warmup_steps: int) -> Callable[[int], float]:
     return lambda step: min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
 
 
+def linear_schedule(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """Linear warmup to 1, then linear decay to 0 after `total_steps` steps (the last step's
+    rate is 1 / (total - warmup) of the peak, and 0 from then on)."""
+    decay_steps = max(total_steps - warmup_steps, 1)
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, (total_steps - step) / decay_steps)
+
+    return factor
+
+
 SCHEDULES = {"inverse_sqrt": inverse_sqrt_schedule, "constant": constant_schedule}
 
 
@@ -52,7 +66,19 @@ def build_optimizer(
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, schedule: str, warmup_steps: int
+    optimizer: torch.optim.Optimizer,
+    schedule: str,
+    warmup_steps: int,
+    total_steps: float | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """The per-step learning-rate multiplier `schedule` (a key of :data:`SCHEDULES`)."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, SCHEDULES[schedule](warmup_steps))
+    """The per-step learning-rate multiplier `schedule`: ``linear``, which needs `total_steps`
+    (the optimizer steps the budget allows), or a key of :data:`SCHEDULES`."""
+    if schedule != "linear":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, SCHEDULES[schedule](warmup_steps))
+    if total_steps is None or not math.isfinite(total_steps):
+        raise ValueError(
+            "the 'linear' schedule needs the run's total optimizer steps in advance "
+            "(a budget in epochs or steps)"
+        )
+    factor = linear_schedule(warmup_steps, int(total_steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

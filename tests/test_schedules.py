@@ -1,0 +1,100 @@
+"""Learning-rate schedules: their multipliers, and the linear decay ending where the budget does."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from models import BOS_ID, PAD_ID
+from pipelines.core.errors import ConfigError
+from pipelines.core.params import Params, from_dict
+from pipelines.training.module import TranslationModule
+from pipelines.training.optim import build_scheduler, inverse_sqrt_schedule, linear_schedule
+from tests.models.conftest import TINY_TRANSFORMER
+from tests.pipeline_helpers import tiny_params
+from tests.training_helpers import TINY_OPTIM, quiet_trainer
+
+VOCAB = 30
+BATCHES_PER_EPOCH = 4
+LR = 1e-3
+
+
+def test_linear_warms_up_then_falls_to_zero_at_the_total():
+    factor = linear_schedule(warmup_steps=4, total_steps=12)
+    assert [factor(step) for step in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert [factor(step) for step in range(4, 13)] == pytest.approx(
+        [8 / 8, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8, 0.0]
+    )
+    assert factor(40) == 0.0  # past the budget (a resumed, finished run): never negative
+    no_warmup = linear_schedule(warmup_steps=0, total_steps=4)
+    assert [no_warmup(step) for step in range(5)] == [1.0, 0.75, 0.5, 0.25, 0.0]
+
+
+def test_inverse_sqrt_peaks_at_the_end_of_warmup():
+    factor = inverse_sqrt_schedule(warmup_steps=4)
+    assert [factor(step) for step in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert factor(15) == pytest.approx(0.5)  # sqrt(4 / 16)
+
+
+@pytest.mark.parametrize("total", [None, float("inf")])
+def test_linear_without_a_known_total_is_refused(total):
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=LR)
+    with pytest.raises(ValueError, match="'linear' schedule needs the run's total"):
+        build_scheduler(optimizer, "linear", 0, total_steps=total)
+
+
+def _batch(seed: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    src = torch.randint(4, VOCAB, (2, 6), generator=generator)
+    tgt = torch.randint(4, VOCAB, (2, 5), generator=generator)
+    tgt[1, 3:] = PAD_ID
+    tgt_in = torch.cat([torch.full((2, 1), BOS_ID), tgt[:, :-1]], dim=1)
+    return {"src": src, "tgt_in": tgt_in, "tgt_out": tgt}
+
+
+def _fit_linear(max_epochs: int = -1, budget_steps: int | None = None, max_steps: int = -1):
+    """Train the tiny Transformer under the linear schedule; the rate each step trained with."""
+    optim = {**TINY_OPTIM, "lr": LR, "schedule": "linear", "warmup_steps": 2}
+    module = TranslationModule(TINY_TRANSFORMER, optim, VOCAB, VOCAB, budget_steps=budget_steps)
+    rates: list[float] = []
+    module.on_train_batch_start = lambda batch, index: rates.append(
+        module.trainer.optimizers[0].param_groups[0]["lr"]
+    )
+    loader = DataLoader([_batch(i) for i in range(BATCHES_PER_EPOCH)], batch_size=None)
+    trainer = quiet_trainer(
+        [],
+        accelerator="cpu",
+        precision="32-true",
+        max_epochs=max_epochs,
+        max_steps=max_steps,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, train_dataloaders=loader)
+    return rates
+
+
+def test_linear_decay_spans_the_epochs_budget():
+    rates = _fit_linear(max_epochs=3)  # 12 steps: 2 of warmup, 10 of decay
+    assert len(rates) == 3 * BATCHES_PER_EPOCH
+    assert rates[:4] == pytest.approx([LR / 2, LR, LR, LR * 9 / 10])
+    assert rates[-1] == pytest.approx(LR / 10)  # the last step still learns; the next would not
+
+
+def test_linear_decay_spans_the_steps_budget():
+    rates = _fit_linear(budget_steps=7, max_steps=7)  # the budget's 7 steps, inside epoch 2
+    assert len(rates) == 7
+    assert rates[-1] == pytest.approx(LR / 5)  # 5 decay steps
+
+
+@pytest.mark.parametrize("unit", ["tokens", "seconds"])
+def test_params_refuse_linear_without_a_step_count(unit):
+    raw = tiny_params()
+    raw["budget"] = {"unit": unit, "value": 1000}
+    raw["models"]["transformer"]["optim"]["schedule"] = "linear"
+    with pytest.raises(ConfigError, match=rf"^models\.transformer\.optim\.schedule: .*not {unit}$"):
+        from_dict(Params, copy.deepcopy(raw))
+    raw["budget"] = {"unit": "steps", "value": 1000}
+    assert from_dict(Params, raw).models["transformer"].optim.schedule == "linear"
