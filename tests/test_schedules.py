@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader
 
 from models import BOS_ID, PAD_ID
 from pipelines.core.errors import ConfigError
-from pipelines.core.params import Params, from_dict
+from pipelines.core.params import BudgetParams, Params, from_dict
+from pipelines.training.budget import TrainingBudget
 from pipelines.training.module import TranslationModule
 from pipelines.training.optim import build_scheduler, inverse_sqrt_schedule, linear_schedule
 from tests.models.conftest import TINY_TRANSFORMER
@@ -55,8 +56,9 @@ def _batch(seed: int) -> dict[str, torch.Tensor]:
     return {"src": src, "tgt_in": tgt_in, "tgt_out": tgt}
 
 
-def _fit_linear(max_epochs: int = -1, budget_steps: int | None = None, max_steps: int = -1):
-    """Train the tiny Transformer under the linear schedule; the rate each step trained with."""
+def _fit_linear(max_epochs: int = -1, budget_steps: int | None = None) -> list[float]:
+    """Train the tiny Transformer under the linear schedule, for `max_epochs` or, as the train
+    stage does, until `TrainingBudget` has seen `budget_steps`; the rate each step trained with."""
     optim = {**TINY_OPTIM, "lr": LR, "schedule": "linear", "warmup_steps": 2}
     module = TranslationModule(TINY_TRANSFORMER, optim, VOCAB, VOCAB, budget_steps=budget_steps)
     rates: list[float] = []
@@ -64,13 +66,9 @@ def _fit_linear(max_epochs: int = -1, budget_steps: int | None = None, max_steps
         module.trainer.optimizers[0].param_groups[0]["lr"]
     )
     loader = DataLoader([_batch(i) for i in range(BATCHES_PER_EPOCH)], batch_size=None)
+    budget = [] if budget_steps is None else [TrainingBudget(BudgetParams("steps", budget_steps))]
     trainer = quiet_trainer(
-        [],
-        accelerator="cpu",
-        precision="32-true",
-        max_epochs=max_epochs,
-        max_steps=max_steps,
-        limit_val_batches=0,
+        budget, accelerator="cpu", precision="32-true", max_epochs=max_epochs, limit_val_batches=0
     )
     trainer.fit(module, train_dataloaders=loader)
     return rates
@@ -84,7 +82,7 @@ def test_linear_decay_spans_the_epochs_budget():
 
 
 def test_linear_decay_spans_the_steps_budget():
-    rates = _fit_linear(budget_steps=7, max_steps=7)  # the budget's 7 steps, inside epoch 2
+    rates = _fit_linear(budget_steps=7)  # the Trainer has no end of its own: the budget stops it
     assert len(rates) == 7
     assert rates[-1] == pytest.approx(LR / 5)  # 5 decay steps
 
