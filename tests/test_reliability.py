@@ -18,6 +18,7 @@ from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
 from pipelines.core.params import load_params
+from pipelines.training.optim import linear_schedule
 from tests.pipeline_helpers import TRANSFORMER
 from tests.training_helpers import (
     clone_workspace,
@@ -107,20 +108,24 @@ def test_killed_training_resumes_and_matches_an_uninterrupted_run(workspace, ref
     assert_same_training(killed, reference)
 
 
-@pytest.mark.parametrize(("num_workers", "accumulate"), [(0, 1), (2, 1), (0, 2)])
+@pytest.mark.parametrize(
+    ("num_workers", "accumulate", "schedule"),
+    [(0, 1, "inverse_sqrt"), (2, 1, "inverse_sqrt"), (0, 2, "inverse_sqrt"), (0, 1, "linear")],
+)
 def test_killed_inside_an_epoch_resumes_at_that_step_exactly(
-    workspace, reference, tmp_path, num_workers, accumulate
+    workspace, reference, tmp_path, num_workers, accumulate, schedule
 ):
     def variant(name: str) -> Path:
         copy = clone_workspace(workspace, tmp_path / name)
         params = yaml.safe_load((copy / "params.yaml").read_text())
         params["train"]["checkpoint_every_n_steps"] = 4 // accumulate  # changes no number
-        # Loader processes (their seeds) and accumulation (fewer, larger steps) do.
+        # Loader processes (their seeds), accumulation (fewer, larger steps) and the schedule do.
         params["train"].update(num_workers=num_workers, accumulate_grad_batches=accumulate)
+        params["models"]["transformer"]["optim"]["schedule"] = schedule
         (copy / "params.yaml").write_text(yaml.safe_dump(params))
         return copy
 
-    if (num_workers, accumulate) != (0, 1):
+    if (num_workers, accumulate, schedule) != (0, 1, "inverse_sqrt"):
         reference = variant("reference")
         stage_cmd(reference, "train", "--arch", "transformer")
     killed = variant("killed")
@@ -131,6 +136,22 @@ def test_killed_inside_an_epoch_resumes_at_that_step_exactly(
     resumed = stage_cmd(killed, "train", "--arch", "transformer")
     assert f"inside epoch 1, optimizer step {step}" in resumed.stderr
     assert_same_training(killed, reference)
+    if schedule == "linear":
+        assert_linear_rates_end_with_the_budget(killed, EPOCHS * steps_per_epoch)
+
+
+def assert_linear_rates_end_with_the_budget(workspace: Path, total_steps: int) -> None:
+    """Every rate MLflow holds for the run, the resumed stretch's too, is the linear decay's,
+    which reaches zero after `total_steps` (the budget's epochs of the training plan)."""
+    optim = load_params(workspace / "params.yaml").models["transformer"].optim
+    factor = linear_schedule(optim.warmup_steps, total_steps)
+    (run,) = runs(workspace)
+    client = MlflowClient(tracking_uri=f"sqlite:///{workspace / 'mlruns' / 'mlflow.db'}")
+    key = next(k for k in run.data.metrics if k.startswith("train/lr"))
+    history = sorted({(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)})
+    assert [step for step, _ in history] == list(range(total_steps))  # each step once
+    for step, rate in history:
+        assert rate == pytest.approx(optim.lr * factor(step)), step
 
 
 def test_kill_between_temporary_write_and_rename_keeps_the_previous_checkpoint(workspace, tmp_path):

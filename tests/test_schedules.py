@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -40,11 +41,10 @@ def test_inverse_sqrt_peaks_at_the_end_of_warmup():
     assert factor(15) == pytest.approx(0.5)  # sqrt(4 / 16)
 
 
-@pytest.mark.parametrize("total", [None, float("inf")])
-def test_linear_without_a_known_total_is_refused(total):
+def test_linear_without_a_known_total_is_refused():
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=LR)
     with pytest.raises(ValueError, match="'linear' schedule needs the run's total"):
-        build_scheduler(optimizer, "linear", 0, total_steps=total)
+        build_scheduler(optimizer, "linear", 0)
 
 
 def _batch(seed: int) -> dict[str, torch.Tensor]:
@@ -56,6 +56,17 @@ def _batch(seed: int) -> dict[str, torch.Tensor]:
     return {"src": src, "tgt_in": tgt_in, "tgt_out": tgt}
 
 
+class ListData(pl.LightningDataModule):
+    """`BATCHES_PER_EPOCH` fixed batches an epoch, and their count as the real data module
+    gives it (`TranslationDataModule.steps_per_epoch`)."""
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader([_batch(i) for i in range(BATCHES_PER_EPOCH)], batch_size=None)
+
+    def steps_per_epoch(self) -> int:
+        return BATCHES_PER_EPOCH
+
+
 def _fit_linear(max_epochs: int = -1, budget_steps: int | None = None) -> list[float]:
     """Train the tiny Transformer under the linear schedule, for `max_epochs` or, as the train
     stage does, until `TrainingBudget` has seen `budget_steps`; the rate each step trained with."""
@@ -65,12 +76,11 @@ def _fit_linear(max_epochs: int = -1, budget_steps: int | None = None) -> list[f
     module.on_train_batch_start = lambda batch, index: rates.append(
         module.trainer.optimizers[0].param_groups[0]["lr"]
     )
-    loader = DataLoader([_batch(i) for i in range(BATCHES_PER_EPOCH)], batch_size=None)
     budget = [] if budget_steps is None else [TrainingBudget(BudgetParams("steps", budget_steps))]
     trainer = quiet_trainer(
         budget, accelerator="cpu", precision="32-true", max_epochs=max_epochs, limit_val_batches=0
     )
-    trainer.fit(module, train_dataloaders=loader)
+    trainer.fit(module, datamodule=ListData())
     return rates
 
 

@@ -145,5 +145,12 @@ class TranslationDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
 
+    def steps_per_epoch(self) -> int:
+        """Optimizer steps per epoch of this rank's training plan, from a loader of its own:
+        asking the Trainer (``estimated_stepping_batches``) would build Lightning's loader before
+        a resumed run restores its position, and the run would restart its epoch."""
+        sampler: TokenBucketBatchSampler = self._loader("train").batch_sampler  # type: ignore[assignment]
+        return sampler.steps_per_epoch
+
     def val_dataloader(self) -> DataLoader:
         return self._loader("validation")

@@ -44,7 +44,8 @@ class TranslationModule(pl.LightningModule):
         `checkpoint_extras` are stored in every checkpoint under ``nmt`` (the MLflow run id);
         `fused_loss` computes the training loss with the output projection, without the logits
         (`pipelines.training.fused_loss`); `budget_steps`, the budget when it counts optimizer
-        steps, ends the ``linear`` schedule (otherwise the Trainer's epochs do)."""
+        steps, ends the ``linear`` schedule (otherwise the Trainer's epochs of the data module's
+        plan do)."""
         super().__init__()
         self.save_hyperparameters(ignore=["validation_bleu", "checkpoint_extras"])
         self.model = build_model(model_config, src_vocab_size, tgt_vocab_size)
@@ -164,12 +165,19 @@ class TranslationModule(pl.LightningModule):
             optimizer,
             self.optim["schedule"],
             self.optim["warmup_steps"],
-            total_steps=self.hparams.budget_steps or self.trainer.estimated_stepping_batches,
+            total_steps=self.planned_steps() if self.optim["schedule"] == "linear" else None,
         )
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "train/lr"},
         }
+
+    def planned_steps(self) -> int:
+        """The optimizer steps the budget allows: its steps, or its epochs times the steps of an
+        epoch of the data module's plan."""
+        if self.hparams.budget_steps:
+            return self.hparams.budget_steps
+        return self.trainer.max_epochs * self.trainer.datamodule.steps_per_epoch()
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["nmt"] = dict(self.checkpoint_extras)

@@ -69,16 +69,16 @@ def build_scheduler(
     optimizer: torch.optim.Optimizer,
     schedule: str,
     warmup_steps: int,
-    total_steps: float | None = None,
+    total_steps: int | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """The per-step learning-rate multiplier `schedule`: ``linear``, which needs `total_steps`
     (the optimizer steps the budget allows), or a key of :data:`SCHEDULES`."""
     if schedule != "linear":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, SCHEDULES[schedule](warmup_steps))
-    if total_steps is None or not math.isfinite(total_steps):
+    if total_steps is None:
         raise ValueError(
             "the 'linear' schedule needs the run's total optimizer steps in advance "
             "(a budget in epochs or steps)"
         )
-    factor = linear_schedule(warmup_steps, int(total_steps))
+    factor = linear_schedule(warmup_steps, total_steps)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
