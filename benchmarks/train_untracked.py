@@ -14,6 +14,10 @@ no MLflow run ids), ``logs/<arch>-<seed>/history.csv`` (and ``step_profile.json`
 copied into a checkout, ``pipelines.reports.comparison.compare`` writes the comparison report.
 Reads ``data/prepared`` and ``data/tokenized`` (for the params file's tokenizer settings) from the
 working directory.
+
+``--phase-times FILE`` times every epoch's training, validation and the rest
+(`benchmarks.phase_times`); ``--time-to-bleu 38 --stop-after-epoch 40`` adds when validation BLEU
+first reached 38, by phase, and ends the run after epoch 40 without evaluating it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
+from benchmarks.phase_times import PhaseTimer
 from pipelines.core.atomic import atomic_write_json
 from pipelines.core.params import load_params
 from pipelines.core.paths import PATHS, ProjectPaths
@@ -58,7 +63,31 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="stop after training.json (no export, no decoding): throughput and profile runs",
     )
+    parser.add_argument(
+        "--phase-times",
+        type=Path,
+        metavar="FILE",
+        help="write the seconds each epoch spent training, validating and otherwise "
+        "(benchmarks.phase_times) to this JSON file",
+    )
+    parser.add_argument(
+        "--time-to-bleu",
+        type=float,
+        metavar="BLEU",
+        help="with --phase-times: also when validation BLEU first reached BLEU, by phase",
+    )
+    parser.add_argument(
+        "--stop-after-epoch",
+        type=int,
+        metavar="N",
+        help="with --phase-times: stop once epoch N (from 0) is validated; implies --train-only",
+    )
     args = parser.parse_args(argv)
+    timing_options = (args.time_to_bleu, args.stop_after_epoch)
+    if any(option is not None for option in timing_options) and not args.phase_times:
+        parser.error("--time-to-bleu and --stop-after-epoch need --phase-times")
+    timer = PhaseTimer(args.stop_after_epoch) if args.phase_times else None
+    train_only = args.train_only or args.stop_after_epoch is not None
     params = load_params(args.params)
     run = params.model_run(args.arch, args.seed)
     out = ProjectPaths(args.out)
@@ -71,14 +100,18 @@ def main(argv: list[str] | None = None) -> None:
     trainer, monitor, best, budget = build_trainer(
         params, run.arch, work / "checkpoints", history, None, accumulate
     )
+    if timer is not None:
+        trainer.callbacks.append(timer)
     trainer.fit(module, datamodule=data_module(params, PATHS, run.seed, accumulate))
     if trainer.global_rank != 0:  # with DDP, the first process exports and evaluates
         return
-    averaging = None if args.train_only else load_best(module, best.best_model_path, params, PATHS)
+    if timer is not None:
+        atomic_write_json(args.phase_times, timer.record(args.time_to_bleu))
+    averaging = None if train_only else load_best(module, best.best_model_path, params, PATHS)
     summary = training_summary(run, params, module, monitor, trainer, budget, averaging)
     summary.update(run_id=None, parent_run_id=None)
     atomic_write_json(out.artifacts / run.name / "training.json", summary)
-    if args.train_only:
+    if train_only:
         return
     model_dir = work / "model"
     export_model(module.model, export_config(run.arch, params, tokenizers), tokenizers, model_dir)
