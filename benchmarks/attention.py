@@ -13,15 +13,13 @@ from __future__ import annotations
 import argparse
 import collections
 import logging
-import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from benchmarks.common import environment, load_batches, synchronize
+from benchmarks.common import environment, load_batches, median_seconds
 from models.attention import (
     COMPOSED_ATTENTION_MAX_LEN,
     fast_attention,
@@ -50,17 +48,7 @@ def implementations() -> dict[str, Attention]:
 
 def median_ms(function: Callable[[], object], iterations: int, repeats: int) -> float:
     """Median over `repeats` of the mean milliseconds of `iterations` calls, after 3 warm-ups."""
-    for _ in range(3):
-        function()
-    times = []
-    for _ in range(repeats):
-        synchronize()
-        start = time.perf_counter()
-        for _ in range(iterations):
-            function()
-        synchronize()
-        times.append((time.perf_counter() - start) * 1000 / iterations)
-    return round(statistics.median(times), 4)
+    return round(median_seconds(function, iterations, repeats) * 1000, 4)
 
 
 def time_case(

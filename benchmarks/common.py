@@ -10,7 +10,7 @@ import logging
 import platform
 import statistics
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,21 +61,28 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
+def median_seconds(function: Callable[[], object], iterations: int = 1, repeats: int = 3) -> float:
+    """Median over `repeats` of the mean seconds of `iterations` calls of `function` (the device
+    synchronised around each repeat), after 3 warm-up calls."""
+    for _ in range(3):
+        function()
+    times = []
+    for _ in range(repeats):
+        synchronize()
+        start = time.perf_counter()
+        for _ in range(iterations):
+            function()
+        synchronize()
+        times.append((time.perf_counter() - start) / iterations)
+    return statistics.median(times)
+
+
 def matmul_tflops(size: int = 8192, repeats: int = 10, device: str = "cuda") -> float:
     """Measured bf16 dense matrix-product rate (TFLOP/s, median of `repeats`) on random data."""
     generator = torch.Generator(device=device).manual_seed(0)
     a = torch.randn(size, size, device=device, dtype=torch.bfloat16, generator=generator)
     b = torch.randn(size, size, device=device, dtype=torch.bfloat16, generator=generator)
-    for _ in range(3):
-        a @ b
-    synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        synchronize()
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / statistics.median(times) / 1e12
+    return 2 * size**3 / median_seconds(lambda: a @ b, repeats=repeats) / 1e12
 
 
 # ----------------------------------------------------------------------------- batches

@@ -16,8 +16,8 @@ Reads ``data/prepared`` and ``data/tokenized`` (for the params file's tokenizer 
 working directory.
 
 ``--phase-times FILE`` times every epoch's training, validation and the rest
-(`benchmarks.phase_times`); ``--time-to-bleu 38 --stop-after-epoch 40`` adds when validation BLEU
-first reached 38, by phase, and ends the run after epoch 40 without evaluating it.
+(`pipelines.training.phase_times`); ``--time-to-bleu 38 --stop-after-epoch 40`` adds when
+validation BLEU first reached 38, by phase, and ends the run after epoch 40 without evaluating it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 
-from benchmarks.phase_times import PhaseTimer
 from pipelines.core.atomic import atomic_write_json
 from pipelines.core.params import load_params
 from pipelines.core.paths import PATHS, ProjectPaths
@@ -45,6 +44,7 @@ from pipelines.stages.train import (
     training_summary,
 )
 from pipelines.training.export import export_model
+from pipelines.training.phase_times import PhaseTimer
 from pipelines.training.trainer import accumulation, build_trainer, world_size
 
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
         type=Path,
         metavar="FILE",
         help="write the seconds each epoch spent training, validating and otherwise "
-        "(benchmarks.phase_times) to this JSON file",
+        "(pipelines.training.phase_times) to this JSON file",
     )
     parser.add_argument(
         "--time-to-bleu",

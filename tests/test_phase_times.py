@@ -1,8 +1,8 @@
-"""`benchmarks.phase_times.time_to_bleu`: when a run reached a validation BLEU, by phase."""
+"""`pipelines.training.phase_times.time_to_bleu`: when a run reached a validation BLEU, by phase."""
 
 from __future__ import annotations
 
-from benchmarks.phase_times import time_to_bleu
+from pipelines.training.phase_times import time_to_bleu
 
 
 def epoch(index: int, bleu: float | None, training: float, validation: float, other: float):

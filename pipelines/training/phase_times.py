@@ -2,8 +2,8 @@
 greedy BLEU), and the rest (checkpoint writes, loader start-up, callbacks), with the device
 synchronised at each boundary so that the GPU's queued work counts where it was issued.
 
-`benchmarks.train_untracked --phase-times FILE` writes what :class:`PhaseTimer` saw and
-:func:`time_to_bleu` (how long, and in which phases, a run took to reach a validation BLEU).
+`python -m benchmarks.train_untracked --phase-times FILE` writes what :class:`PhaseTimer` saw
+and :func:`time_to_bleu` (how long, and in which phases, a run took to reach a validation BLEU).
 """
 
 from __future__ import annotations
