@@ -154,11 +154,16 @@ class TrainParams:
     fused_loss: bool = False  # the output projection fused with the loss (no logits tensor)
     deterministic: bool = True
     val_max_len_margin: int = 20
+    val_batch_tokens: int = 0  # validation batches' token budget; 0: batch_tokens
     log_every_n_steps: int = 20
     checkpoint_average: int = 0
     checkpoint_average_of: str = "last"  # "last" epochs, or the "best" epochs by validation BLEU
     checkpoint_every_n_steps: int = 0
     profile_steps: int = 0  # >0: profile that many steps of the second epoch (step_profile.json)
+
+    def validation_batch_tokens(self) -> int:
+        """Tokens per validation batch: `val_batch_tokens`, or `batch_tokens` when it is 0."""
+        return self.val_batch_tokens or self.batch_tokens
 
     def validate(self, prefix: str = "") -> None:
         require(self.batch_tokens > 0, f"{prefix}batch_tokens", "must be > 0")
@@ -172,6 +177,7 @@ class TrainParams:
         )
         require(self.num_nodes > 0, f"{prefix}num_nodes", "must be > 0")
         require(self.num_workers >= 0, f"{prefix}num_workers", "must be >= 0")
+        require(self.val_batch_tokens >= 0, f"{prefix}val_batch_tokens", "must be >= 0")
         require(self.checkpoint_average >= 0, f"{prefix}checkpoint_average", "must be >= 0")
         require(
             self.checkpoint_average_of in AVERAGE_OF,

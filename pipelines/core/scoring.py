@@ -5,6 +5,7 @@ BLEU difference."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -23,15 +24,19 @@ def sacrebleu_tokenizer(tgt_lang: str) -> str:
     return TOKENIZER_BY_LANG.get(tgt_lang, "13a")
 
 
-def bleu_metric(tgt_lang: str) -> sacrebleu.BLEU:
-    """sacreBLEU's BLEU with `tgt_lang`'s tokenizer.
+def bleu_metric(tgt_lang: str, references: Sequence[str] | None = None) -> sacrebleu.BLEU:
+    """sacreBLEU's BLEU with `tgt_lang`'s tokenizer; with `references`, their n-gram statistics
+    are extracted once, for scoring the whole of them again and again
+    (``corpus_score(hypotheses, None)``).
 
     Japanese and Korean need MeCab, an optional extra: where it is missing, sacreBLEU's
     RuntimeError (ImportError in other releases) becomes a one-line PipelineError naming the fix.
     """
     tokenize = sacrebleu_tokenizer(tgt_lang)
     try:
-        return sacrebleu.BLEU(tokenize=tokenize)
+        return sacrebleu.BLEU(
+            tokenize=tokenize, references=None if references is None else [list(references)]
+        )
     except (ImportError, RuntimeError) as err:
         if tokenize not in OPTIONAL_TOKENIZERS:
             raise

@@ -57,6 +57,13 @@ from pipelines.training.validation import ValidationBleu
 log = logging.getLogger("nmt.train")
 
 
+def start_process(run: ModelRun, params: Params) -> None:
+    """What a training process sets before it builds anything: the run's seed, and whether SDPA
+    may pick cuDNN's attention kernel (``train.cudnn_attention``; it plans every new shape)."""
+    pl.seed_everything(run.seed, workers=True)
+    use_cudnn_attention(params.train.cudnn_attention)
+
+
 def build_module(
     run: ModelRun, params: Params, paths: ProjectPaths, tokenizers: Tokenizers, run_id: str | None
 ) -> TranslationModule:
@@ -94,8 +101,7 @@ def train(
 ) -> dict[str, Any]:
     """Train `run` (fine-tuning the exported model `init_from` if it fits), export the best
     checkpoint and return the training summary (rank 0; other ranks return {})."""
-    pl.seed_everything(run.seed, workers=True)
-    use_cudnn_attention(params.train.cudnn_attention)
+    start_process(run, params)
     tokenizers = Tokenizers.load(paths.tokenized)
     ckpt_dir = paths.checkpoints / run.name
     if launch_rank() != 0:  # a rank whose launcher died stops instead of waiting in a collective
@@ -188,6 +194,7 @@ def data_module(
         accumulate=accumulate,
         num_workers=params.train.num_workers,
         length_multiple=params.train.length_multiple,
+        val_batch_tokens=params.train.validation_batch_tokens(),
     )
 
 
@@ -208,7 +215,7 @@ def load_best(
         params.train.checkpoint_average,
         paths.tokenized,
         params.data.validation_split,
-        params.train.batch_tokens,
+        params.train.validation_batch_tokens(),
     )
     return averaging.as_dict() if averaging else None
 

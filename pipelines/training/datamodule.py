@@ -104,7 +104,7 @@ def token_bucket_loader(
 
 class TranslationDataModule(pl.LightningDataModule):
     """Training (shuffled by seed and epoch; lengths padded to `length_multiple`) and validation
-    (fixed order, exact lengths) loaders."""
+    (fixed order, exact lengths; `val_batch_tokens` per batch, or `batch_tokens`) loaders."""
 
     def __init__(
         self,
@@ -116,11 +116,12 @@ class TranslationDataModule(pl.LightningDataModule):
         accumulate: int = 1,
         num_workers: int = 0,
         length_multiple: int = 1,
+        val_batch_tokens: int = 0,
     ) -> None:
         super().__init__()
         self.tokenized = Path(tokenized)
         self.splits = {"train": train_split, "validation": validation_split}
-        self.batch_tokens = batch_tokens
+        self.batch_tokens = {"train": batch_tokens, "validation": val_batch_tokens or batch_tokens}
         self.seed = seed
         self.accumulate = accumulate
         self.num_workers = num_workers
@@ -131,7 +132,7 @@ class TranslationDataModule(pl.LightningDataModule):
         return token_bucket_loader(
             self.tokenized,
             self.splits[role],
-            self.batch_tokens,
+            self.batch_tokens[role],
             shuffle=training,
             seed=self.seed,
             num_replicas=self.trainer.world_size,

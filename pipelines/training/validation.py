@@ -4,14 +4,16 @@ the whole validation split, detokenized, scored by sacreBLEU with the target lan
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import sacrebleu
 from torch import Tensor
 
 from models import Seq2Seq
 from pipelines.core.decoding import greedy_search
-from pipelines.core.scoring import corpus_bleu
+from pipelines.core.scoring import bleu_metric, corpus_bleu
 
 IndexedTokens = tuple[int, list[int]]  # (example index in the split, generated token ids)
 
@@ -34,5 +36,13 @@ class ValidationBleu:
         """Corpus BLEU of `outputs` (any number of batches and ranks) against the references."""
         ordered = sorted(outputs)
         hypotheses = self.detokenize([tokens for _, tokens in ordered])
+        if [index for index, _ in ordered] == list(range(len(self.references))):
+            return self._whole_split.corpus_score(hypotheses, None).score
         references = [self.references[index] for index, _ in ordered]
         return corpus_bleu(hypotheses, references, self.tgt_lang)
+
+    @functools.cached_property
+    def _whole_split(self) -> sacrebleu.BLEU:
+        """BLEU with the split's reference statistics extracted once: validation scores the
+        whole split every epoch."""
+        return bleu_metric(self.tgt_lang, self.references)
