@@ -64,5 +64,5 @@ def test_validation_batches_take_their_own_budget_and_cover_the_split_once(token
 def test_zero_means_the_training_budget_and_negative_is_refused():
     assert TrainParams(batch_tokens=512).validation_batch_tokens() == 512
     assert TrainParams(batch_tokens=512, val_batch_tokens=2048).validation_batch_tokens() == 2048
-    with pytest.raises(ConfigError, match="train.val_batch_tokens: must be >= 0"):
+    with pytest.raises(ConfigError, match=r"train\.val_batch_tokens: must be >= 0"):
         from_dict(TrainParams, {"val_batch_tokens": -1}, prefix="train")
