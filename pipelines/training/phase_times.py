@@ -46,13 +46,12 @@ class PhaseTimer(pl.Callback):
         if self._open is not None and not trainer.sanity_checking:
             self._open["validation_start_s"] = self._now(module)
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if self._open is not None and "validation_start_s" in self._open:
-            self._open["validation_end_s"] = self._now(module)
-
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        if self._open is None or "validation_end_s" not in self._open:
+        # After the module's on_validation_epoch_end has scored BLEU, before the checkpoint
+        # callbacks (Lightning runs those last).
+        if self._open is None or "validation_start_s" not in self._open:
             return
+        self._open["validation_end_s"] = self._now(module)
         bleu = trainer.callback_metrics.get("val/bleu")
         self._open["val_bleu"] = None if bleu is None else round(float(bleu), 4)
         if self.stop_after_epoch is not None and trainer.current_epoch >= self.stop_after_epoch:
