@@ -11,23 +11,7 @@ from pipelines.core.scoring import corpus_bleu
 from pipelines.training import validation as validation_module
 from pipelines.training.validation import ValidationBleu
 
-WORDS = [
-    "ein",
-    "mann",
-    "fährt",
-    "mit",
-    "dem",
-    "rad",
-    "durch",
-    "die",
-    "stadt",
-    "und",
-    "zwei",
-    "hunde",
-    "laufen",
-    "im",
-    "park",
-]
+WORDS = tuple("ein mann fährt mit dem rad durch die stadt und zwei hunde laufen im park".split(" "))
 
 
 def sentence(rng: random.Random) -> list[int]:
