@@ -11,7 +11,10 @@ from pipelines.core.scoring import corpus_bleu
 from pipelines.training import validation as validation_module
 from pipelines.training.validation import ValidationBleu
 
-WORDS = tuple("ein mann fährt mit dem rad durch die stadt und zwei hunde laufen im park".split(" "))
+# fmt: off
+WORDS = ("ein", "mann", "fährt", "mit", "dem", "rad", "durch", "die", "stadt", "und", "zwei",
+         "hunde", "laufen", "im", "park")
+# fmt: on
 
 
 def sentence(rng: random.Random) -> list[int]:
