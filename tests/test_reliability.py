@@ -100,6 +100,15 @@ def assert_same_training(resumed: Path, reference: Path) -> None:
     ]
 
 
+def test_best_checkpoint_holds_the_weights_and_last_the_whole_state(reference):
+    folder = reference / "checkpoints" / TRANSFORMER
+    best = torch.load(folder / "best.ckpt", weights_only=True)
+    last = torch.load(folder / "last.ckpt", weights_only=True)
+    assert "optimizer_states" not in best and "lr_schedulers" not in best
+    assert best["state_dict"].keys() == last["state_dict"].keys()
+    assert last["optimizer_states"] and last["lr_schedulers"] and last["loops"]
+
+
 def test_killed_training_resumes_and_matches_an_uninterrupted_run(workspace, reference, tmp_path):
     killed = clone_workspace(workspace, tmp_path / "killed")
     run_until_checkpoint_then_kill(killed, f"checkpoints/{TRANSFORMER}/last.ckpt")

@@ -79,14 +79,17 @@ def build_trainer(
     optim = params.arch(arch).optim
     monitor = TrainingMonitor(history_file, params.train.log_every_n_steps)
     budget = TrainingBudget(params.budget)
-    # Best by validation BLEU; a separate callback rewrites last.ckpt after every validation
-    # (Lightning's save_last only refreshes "last" when the best checkpoint changed).
+    # Best by validation BLEU, its weights only (export and averaging read nothing else: a third
+    # of last.ckpt's bytes with Adam's state); a separate callback rewrites last.ckpt, the whole
+    # state for resuming, after every validation (Lightning's save_last only refreshes "last"
+    # when the best checkpoint changed).
     checkpoint = ModelCheckpoint(
         dirpath=checkpoints,
         filename="best",
         monitor=MONITOR,
         mode="max",
         save_top_k=1,
+        save_weights_only=True,
         enable_version_counter=False,
         auto_insert_metric_name=False,
         save_on_train_epoch_end=False,
