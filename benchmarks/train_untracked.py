@@ -27,6 +27,8 @@ import json
 import tempfile
 from pathlib import Path
 
+import lightning.pytorch as pl
+
 from pipelines.core.atomic import atomic_write_json
 from pipelines.core.params import load_params
 from pipelines.core.paths import PATHS, ProjectPaths
@@ -39,7 +41,6 @@ from pipelines.stages.train import (
     data_module,
     export_config,
     load_best,
-    start_process,
     training_summary,
 )
 from pipelines.training.export import export_model
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     run = params.model_run(args.arch, args.seed)
     out = ProjectPaths(args.out)
     work = Path(tempfile.mkdtemp(prefix=f"untracked-{run.name}-"))
-    start_process(run, params)
+    pl.seed_everything(run.seed, workers=True)
     tokenizers = Tokenizers.load(PATHS.tokenized)
     module = build_module(run, params, PATHS, tokenizers, None)
     accumulate = accumulation(params.train, world_size(params))

@@ -202,6 +202,26 @@ def test_train_stage_default_leaves_cudnn_out_of_sdpa(restore_cudnn_attention):
     assert not torch.backends.cuda.cudnn_sdp_enabled()
 
 
+@pytest.mark.parametrize("cudnn", [True, False])
+def test_every_trainer_built_from_params_sets_cudnn_attention_as_they_say(
+    cudnn, restore_cudnn_attention, tmp_path
+):
+    """The train stage and `benchmarks.train_untracked` both build their Trainer here."""
+    import yaml
+
+    from pipelines.core.params import load_params
+    from pipelines.training.trainer import build_trainer
+    from tests.training_helpers import workspace_params
+
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump(workspace_params(train={"cudnn_attention": cudnn}))
+    )
+    params = load_params(tmp_path / "params.yaml")
+    use_cudnn_attention(not cudnn)
+    build_trainer(params, "transformer", tmp_path / "ckpt", tmp_path / "history.csv", None, 1)
+    assert torch.backends.cuda.cudnn_sdp_enabled() is cudnn
+
+
 @pytest.mark.gpu
 @requires_cuda
 @pytest.mark.parametrize("cudnn", [True, False])

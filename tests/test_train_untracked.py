@@ -1,6 +1,5 @@
 """`python -m benchmarks.train_untracked` on CPU against the tiny pipeline's data, run from the
-outside: its per-epoch phase timer (`--phase-times`) and where it stops; and its process set-up,
-the train stage's own (seed, cuDNN attention)."""
+outside: its per-epoch phase timer (`--phase-times`) and where it stops."""
 
 from __future__ import annotations
 
@@ -59,40 +58,3 @@ def test_train_untracked_times_each_epoch_s_phases_and_stops_where_asked(tiny_pi
         [*command, "--time-to-bleu", "38"], cwd=work, env=environ, capture_output=True, text=True
     )
     assert refused.returncode == 2 and "need --phase-times" in refused.stderr
-
-
-def test_train_untracked_sets_up_its_process_as_the_train_stage_does(monkeypatch, tmp_path):
-    from benchmarks import train_untracked
-
-    class Started(Exception):
-        pass
-
-    def start_process(run, params):
-        raise Started(run.name, params.train.cudnn_attention)
-
-    monkeypatch.setattr(train_untracked, "start_process", start_process)
-    monkeypatch.chdir(REPO)
-    with pytest.raises(Started) as started:
-        train_untracked.main(["--arch", "transformer", "--out", str(tmp_path)])
-    assert started.value.args == (TRANSFORMER, False)
-
-
-@pytest.mark.parametrize("cudnn", [True, False])
-def test_start_process_seeds_and_sets_cudnn_attention_from_params(cudnn):
-    import torch
-
-    from pipelines.core.params import load_params
-    from pipelines.stages.train import start_process
-
-    params = load_params(REPO / "params.yaml")
-    params.train.cudnn_attention = cudnn
-    run = params.model_run("transformer", params.seeds[0])
-    before = torch.backends.cuda.cudnn_sdp_enabled()
-    try:
-        start_process(run, params)
-        assert torch.backends.cuda.cudnn_sdp_enabled() is cudnn
-        first = torch.rand(3)
-        start_process(run, params)
-        assert torch.equal(torch.rand(3), first)  # seeded with the run's seed
-    finally:
-        torch.backends.cuda.enable_cudnn_sdp(before)

@@ -21,7 +21,6 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import MLFlowLogger
 
-from models.attention import use_cudnn_attention
 from pipelines.core.atomic import atomic_write_json
 from pipelines.core.errors import PipelineError, run_main, setup_logging
 from pipelines.core.params import ModelRun, Params, load_params
@@ -55,13 +54,6 @@ from pipelines.training.trainer import (
 from pipelines.training.validation import ValidationBleu
 
 log = logging.getLogger("nmt.train")
-
-
-def start_process(run: ModelRun, params: Params) -> None:
-    """What a training process sets before it builds anything: the run's seed, and whether SDPA
-    may pick cuDNN's attention kernel (``train.cudnn_attention``; it plans every new shape)."""
-    pl.seed_everything(run.seed, workers=True)
-    use_cudnn_attention(params.train.cudnn_attention)
 
 
 def build_module(
@@ -101,7 +93,7 @@ def train(
 ) -> dict[str, Any]:
     """Train `run` (fine-tuning the exported model `init_from` if it fits), export the best
     checkpoint and return the training summary (rank 0; other ranks return {})."""
-    start_process(run, params)
+    pl.seed_everything(run.seed, workers=True)
     tokenizers = Tokenizers.load(paths.tokenized)
     ckpt_dir = paths.checkpoints / run.name
     if launch_rank() != 0:  # a rank whose launcher died stops instead of waiting in a collective
@@ -194,7 +186,7 @@ def data_module(
         accumulate=accumulate,
         num_workers=params.train.num_workers,
         length_multiple=params.train.length_multiple,
-        val_batch_tokens=params.train.validation_batch_tokens(),
+        val_batch_tokens=params.train.val_batch_tokens,  # 0: batch_tokens
     )
 
 

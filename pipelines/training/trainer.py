@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import Logger
 
+from models.attention import use_cudnn_attention
 from pipelines.core.errors import PipelineError
 from pipelines.core.params import Params
 from pipelines.training.averaging import epoch_checkpoint_callback
@@ -75,7 +76,12 @@ def build_trainer(
     """The Trainer of `arch`: checkpoints in `checkpoints` (best by validation BLEU, last after
     every validation), the monitor writing `history_file`, early stopping, the comparison's
     budget, the GPU fast paths, and with ``train.profile_steps`` the step profiler (its summary
-    beside `history_file`); returns it with its monitor, best-checkpoint callback and budget."""
+    beside `history_file`); returns it with its monitor, best-checkpoint callback and budget.
+
+    It also sets, process-wide, whether SDPA may pick cuDNN's attention kernel
+    (``train.cudnn_attention``: cuDNN plans every new shape), so that whatever builds a Trainer
+    from the params trains with the same kernels."""
+    use_cudnn_attention(params.train.cudnn_attention)
     optim = params.arch(arch).optim
     monitor = TrainingMonitor(history_file, params.train.log_every_n_steps)
     budget = TrainingBudget(params.budget)
