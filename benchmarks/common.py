@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from models import BOS_ID, EOS_ID, PAD_ID, Seq2Seq
 from models.seq2seq import count_parameters
+from pipelines.data.tokenized import load_split
 from pipelines.training.datamodule import token_bucket_loader
 from pipelines.training.step import BATCH_KEYS
 
@@ -108,7 +109,11 @@ def load_batches(
 ) -> Batches:
     """The first `count` batches of the training loader's epoch-0 plan (cycled if fewer)."""
     loader = token_bucket_loader(
-        tokenized, split, batch_tokens, shuffle=True, seed=seed, length_multiple=length_multiple
+        load_split(tokenized, split),
+        batch_tokens,
+        shuffle=True,
+        seed=seed,
+        length_multiple=length_multiple,
     )
     tensors, src_tokens, tgt_tokens = [], [], []
     for batch in itertools.islice(itertools.cycle(loader), count):

@@ -20,6 +20,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import Tensor
 
+from pipelines.data.tokenized import load_split
 from pipelines.training.datamodule import token_bucket_loader
 from pipelines.training.validation import ValidationBleu
 
@@ -199,7 +200,9 @@ def apply_checkpoint_average(
     if len(paths) < 2:
         log.info("checkpoint averaging skipped: %d epoch checkpoint(s) in %s", len(paths), folder)
         return None
-    loader = token_bucket_loader(tokenized, validation_split, batch_tokens, shuffle=False)
+    loader = token_bucket_loader(
+        load_split(tokenized, validation_split), batch_tokens, shuffle=False
+    )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device)
 

@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from pipelines.data.tokenized import load_split
+from pipelines.data.tokenized import TokenizedSplit, load_split
 from pipelines.training.batching import TokenBucketBatchSampler, TranslationDataset, collate
 
 
@@ -62,8 +62,7 @@ class ResumableDataLoader(DataLoader):
 
 
 def token_bucket_loader(
-    tokenized: Path,
-    split: str,
+    corpus: TokenizedSplit,
     batch_tokens: int,
     *,
     shuffle: bool,
@@ -75,12 +74,12 @@ def token_bucket_loader(
     resumable: bool = False,
     length_multiple: int = 1,
 ) -> DataLoader:
-    """Padded batches of `split` from the tokenizer stage's arrays, by the token-bucket sampler.
+    """Padded batches of `corpus` (a split of the tokenizer stage, ``load_split``), by the
+    token-bucket sampler.
 
     With `resumable`, the loader keeps its position in Lightning checkpoints (the training loader).
     `length_multiple`: lengths padded up to a multiple of it (see TokenBucketBatchSampler).
     """
-    corpus = load_split(tokenized, split)
     sampler = TokenBucketBatchSampler(
         corpus.src_lengths,
         corpus.tgt_lengths,
@@ -126,12 +125,17 @@ class TranslationDataModule(pl.LightningDataModule):
         self.accumulate = accumulate
         self.num_workers = num_workers
         self.length_multiple = length_multiple
+        self._corpora: dict[str, TokenizedSplit] = {}  # each split read once per data module
+
+    def _corpus(self, role: str) -> TokenizedSplit:
+        if role not in self._corpora:
+            self._corpora[role] = load_split(self.tokenized, self.splits[role])
+        return self._corpora[role]
 
     def _loader(self, role: str) -> DataLoader:
         training = role == "train"
         return token_bucket_loader(
-            self.tokenized,
-            self.splits[role],
+            self._corpus(role),
             self.batch_tokens[role],
             shuffle=training,
             seed=self.seed,
